@@ -274,4 +274,6 @@ def dump_config(cfg: Config) -> str:
 
 def model_fingerprint(cfg: Config) -> dict[str, Any]:
     """The parts of a config that must match to resume a run: the models' shapes and the loss."""
-    return {"model": dataclasses.asdict(cfg.model), "loss.kind": cfg.loss.kind}
+    model = dataclasses.asdict(cfg.model)
+    model.pop("sync_batchnorm")  # SyncBatchNorm and BatchNorm have the same weights
+    return {"model": model, "loss.kind": cfg.loss.kind}

@@ -1,0 +1,76 @@
+"""`distgan sample`: images from a checkpoint's EMA generator, and the helpers to load and run it."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from distgan.atomic import write_bytes_atomic
+from distgan.checkpoint import EMA_FILE, read_checkpoint_config, resolve_checkpoint
+from distgan.config import Config, config_from_dict
+from distgan.errors import UserError
+from distgan.models import build_generator
+from distgan.tracking import grid_image, save_png
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
+    """The EMA generator (eval mode) and config of a checkpoint directory or a run directory's latest."""
+    import yaml
+
+    ckpt = resolve_checkpoint(path)
+    cfg = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)))
+    g = build_generator(cfg.model)
+    g.load_state_dict(load_file(str(ckpt / EMA_FILE)))
+    return g.to(device).eval(), cfg
+
+
+def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
+    """n noise vectors from `seed` alone (CPU generator), whatever the device or world size."""
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """G output in [-1, 1], (B, 1, 28, 28) -> uint8 (B, 28, 28)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
+
+
+@torch.no_grad()
+def generate_images(generator: torch.nn.Module, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """uint8 images (N, 28, 28) on the CPU from noise `z`, in batches."""
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    out = [to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)]
+    generator.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 28, 28, dtype=torch.uint8)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
+    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output .npz (key `images`, uint8 N x 28 x 28)")
+    parser.add_argument("--grid", default=None, help="also write a PNG grid of the images")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    if not str(args.out).endswith(".npz"):
+        raise UserError(f"--out {args.out}: the output must be a .npz file")
+    g, _ = load_generator(args.checkpoint, args.device)
+    images = generate_images(g, fixed_noise(args.n, g.z_dim, args.seed)).numpy()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images)
+    write_bytes_atomic(args.out, buf.getvalue())
+    print(f"wrote {len(images)} images to {args.out}")
+    if args.grid:
+        save_png(Path(args.grid), grid_image(images, nrow=int(np.ceil(np.sqrt(len(images))))))
+        print(f"wrote grid to {args.grid}")
+    return 0

@@ -1,0 +1,26 @@
+"""`distgan train --config FILE [key.sub=value ...]`, in one process or under `accelerate launch`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from distgan.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="override any config key, e.g. train.steps=2000 run.dir=runs/x")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
+    from distgan.trainer import train  # heavy imports only once the config is valid
+
+    result = train(cfg)
+    if result.status == "finished":
+        print(f"finished at step {result.step}; run directory: {result.run_dir}")
+    return 0
