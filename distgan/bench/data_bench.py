@@ -1,0 +1,124 @@
+"""`distgan bench data --shards DIR`: images/s through build_loader against in-memory slicing.
+
+DIR is the `distgan prepare` output (its `train` split is used, or `--split`) or a split directory.
+Also prints the per-image decode cost of three sample encodings (raw bytes, npy, PNG) with
+webdataset's own encoders/decoders, which is why the shards hold packed raw bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distgan.data import build_loader, load_split, samples_per_epoch
+from distgan.errors import UserError
+
+
+def _split_dir(shards: Path, split: str) -> Path:
+    """The split directory for DIR (prepare output) or DIR (already a split dir)."""
+    if (shards / "manifest.json").is_file():
+        return shards / split
+    if (shards.parent / "manifest.json").is_file():
+        return shards
+    raise UserError(f"--shards {shards}: no manifest.json here or in the parent; pass the `distgan prepare` "
+                    f"output directory or one of its split directories")
+
+
+def _loader_rate(split_dir: Path, batch_size: int, workers: int, min_seconds: float) -> tuple[float, int, float]:
+    """(images/s, epochs, seconds) iterating whole epochs, a fresh loader per epoch as a trainer does."""
+    images, epoch = 0, 0
+    start = time.perf_counter()
+    while epoch == 0 or time.perf_counter() - start < min_seconds:
+        loader = build_loader(split_dir, batch_size=batch_size, rank=0, world_size=1, num_workers=workers,
+                              seed=0, epoch=epoch)
+        for batch in loader:
+            images += batch["image"].shape[0]
+        epoch += 1
+    seconds = time.perf_counter() - start
+    return images / seconds, epoch, seconds
+
+
+def _memory_rate(split_dir: Path, batch_size: int, min_seconds: float) -> tuple[float, int, float]:
+    """(images/s, epochs, seconds) slicing shuffled batches out of one in-memory uint8 tensor."""
+    x, y = load_split(split_dir)
+    x = x.unsqueeze(1)
+    images, epoch = 0, 0
+    start = time.perf_counter()
+    while epoch == 0 or time.perf_counter() - start < min_seconds:
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            idx = perm[i:i + batch_size]
+            batch = {"image": x[idx], "label": y[idx]}
+            images += batch["image"].shape[0]
+        epoch += 1
+    seconds = time.perf_counter() - start
+    return images / seconds, epoch, seconds
+
+
+def _decode_costs(split_dir: Path, n: int) -> list[tuple[str, float, int]]:
+    """(encoding, microseconds per image, bytes per image) decoding n images with webdataset's codecs."""
+    import webdataset as wds
+    from webdataset import autodecode
+
+    x, _ = load_split(split_dir)
+    imgs = [a for a in x[:n].numpy()]
+    png_decode = autodecode.imagehandler("l8")
+    encodings: list[tuple[str, Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]] = [
+        ("raw uint8 bytes (.u8)", lambda a: a.tobytes(),
+         lambda b: np.frombuffer(b, np.uint8).reshape(28, 28)),
+        ("npy (.npy)", wds.writer.numpy_dumps, autodecode.npy_loads),
+        ("PNG (.png)", lambda a: wds.writer.imageencoder(a, "png"), lambda b: png_decode("png", b)),
+    ]
+    rows = []
+    for name, encode, decode in encodings:
+        blobs = [encode(a) for a in imgs]
+        assert np.array_equal(decode(blobs[0]), imgs[0]), name
+        start = time.perf_counter()
+        for b in blobs:
+            decode(b)
+        rows.append((name, (time.perf_counter() - start) / len(blobs) * 1e6, sum(map(len, blobs)) // len(blobs)))
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `distgan bench data`."""
+    parser.add_argument("--shards", required=True, type=Path,
+                        help="`distgan prepare` output dir (uses --split) or a split dir such as DIR/train")
+    parser.add_argument("--split", default="train", help="split to read when --shards is the prepare output")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", default="0,2", help="comma-separated loader worker counts (default 0,2)")
+    parser.add_argument("--min-seconds", type=float, default=2.0, help="minimum time per measurement")
+    parser.add_argument("--no-encodings", action="store_true", help="skip the per-encoding decode table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the tables, `data_ratio=` and, last, `loader_img_per_s=`."""
+    split_dir = _split_dir(args.shards, args.split)
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError as e:
+        raise UserError(f"--workers {args.workers!r}: expected comma-separated integers such as 0,2") from e
+    n = samples_per_epoch(split_dir)
+    torch.set_num_threads(1)
+    print(f"distgan bench data: {split_dir} ({n} samples), batch {args.batch_size}, "
+          f">= {args.min_seconds:g} s per row, torch threads 1")
+    if not args.no_encodings:
+        print("\n| sample encoding | decode us/image | bytes/image |\n| --- | ---: | ---: |")
+        for name, us, size in _decode_costs(split_dir, min(n, 2000)):
+            print(f"| {name} | {us:.2f} | {size} |")
+    print("\n| source | images/s | epochs | seconds |\n| --- | ---: | ---: | ---: |")
+    best = 0.0
+    for w in workers:
+        rate, epochs, seconds = _loader_rate(split_dir, args.batch_size, w, args.min_seconds)
+        best = max(best, rate)
+        print(f"| build_loader, {w} workers | {rate:,.0f} | {epochs} | {seconds:.2f} |", flush=True)
+    mem, epochs, seconds = _memory_rate(split_dir, args.batch_size, args.min_seconds)
+    print(f"| in-memory uint8 tensor, random batches | {mem:,.0f} | {epochs} | {seconds:.2f} |")
+    print(f"\ndata_ratio={best / mem:.3f}")
+    print(f"loader_img_per_s={best:.0f}")
+    return 0

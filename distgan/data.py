@@ -1,0 +1,248 @@
+"""Read `distgan prepare` shards: an exactly-once, resumable, rank- and worker-split batch loader.
+
+One global order per (seed, epoch): the shard order is permuted, and so is the order inside every
+shard; the epoch is the concatenation. From `start_sample` on, that order is cut into global batches
+of batch_size * world_size; rank r takes slice [r*B, (r+1)*B) of each, and within a rank, loader
+worker w takes the rank's batches j with j % num_workers == w, which torch's in-order round-robin
+over workers yields back in order j = 0, 1, 2... So every rank yields the same number of full batches,
+no sample appears twice, fewer than world_size * batch_size samples are left out, and "consumed after
+k steps" is the global prefix of k * B * W samples whatever the world size.
+
+Each worker reads the shards its batches touch (whole shards; they are packed raw uint8, so reading
+one is a few memcpys) and keeps only the one or two it is in. Do NOT pass this loader to
+`accelerator.prepare`: it is already split per rank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from distgan.errors import UserError
+from distgan.mnist import COLS, ROWS
+from distgan.prepare import read_manifest, read_shard, sha256_file
+
+# path -> (size, mtime_ns, inode, sha256) of shards already hashed in this process, so that building
+# the loader again each epoch does not re-hash unchanged files.
+_VERIFIED: dict[str, tuple[int, int, int, str]] = {}
+
+
+def _split_info(split_dir: str | os.PathLike[str]) -> tuple[Path, str, dict[str, Any]]:
+    """(split_dir, split name, that split's manifest entry) for a split dir such as DIR/train."""
+    split_dir = Path(split_dir)
+    if (split_dir / "manifest.json").is_file() and not (split_dir.parent / "manifest.json").is_file():
+        raise UserError(f"{split_dir}: this is the prepare output; pass a split directory such as "
+                        f"{split_dir / 'train'}")
+    manifest = read_manifest(split_dir.parent)
+    split = split_dir.name
+    if split not in manifest.get("splits", {}):
+        raise UserError(f"{split_dir}: no split {split!r} in {split_dir.parent / 'manifest.json'} "
+                        f"(it has {', '.join(manifest.get('splits', {}))})")
+    return split_dir, split, manifest["splits"][split]
+
+
+def _verify(split_dir: Path, entry: dict[str, Any]) -> None:
+    """Check each shard exists, has the manifest's size and sha256 (hashing each file once)."""
+    for shard in entry["shards"]:
+        path = split_dir / shard["name"]
+        try:
+            st = path.stat()
+        except FileNotFoundError as e:
+            raise UserError(f"{path}: shard missing; rerun `distgan prepare`") from e
+        if st.st_size != shard["bytes"]:
+            raise UserError(f"{path}: {st.st_size} bytes but the manifest says {shard['bytes']} (truncated "
+                            f"or modified); rerun `distgan prepare`")
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, shard["sha256"])
+        if _VERIFIED.get(str(path)) == sig:
+            continue
+        if sha256_file(path) != shard["sha256"]:
+            raise UserError(f"{path}: sha256 differs from the manifest (corrupt or modified); rerun "
+                            f"`distgan prepare`")
+        _VERIFIED[str(path)] = sig
+
+
+def samples_per_epoch(split_dir: str | os.PathLike[str]) -> int:
+    """Number of samples in a split, from the manifest."""
+    return int(_split_info(split_dir)[2]["count"])
+
+
+def epoch_order(counts: list[int], seed: int, epoch: int) -> np.ndarray:
+    """The global sample order (indices into the shards' concatenation) for (seed, epoch).
+
+    Shard order permuted, then each shard's own order permuted; depends on nothing else.
+    """
+    rng = np.random.default_rng([seed % (1 << 63), epoch % (1 << 63), 0x6D6E697374])
+    shard_perm = rng.permutation(len(counts))
+    inner = [rng.permutation(c) for c in counts]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if not counts:
+        return np.empty(0, np.int64)
+    return np.concatenate([offsets[s] + inner[s] for s in shard_perm]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a worker needs to produce its batches (picklable)."""
+
+    split_dir: Path
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    batch_size: int
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+    start_sample: int
+    num_batches: int
+
+
+class _Shard:
+    """One decoded shard: images (n,28,28) uint8, labels (n,) int64, keys (n,) str array."""
+
+    def __init__(self, path: Path, expected: int) -> None:
+        images, labels, keys = read_shard(path)
+        if len(labels) != expected:
+            raise UserError(f"{path}: holds {len(labels)} samples but the manifest says {expected} "
+                            f"(truncated or modified); rerun `distgan prepare`")
+        self.images = images
+        self.labels = labels.astype(np.int64)
+        self.keys = np.array(keys)
+
+
+def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+    """Yield this worker's batches (j % num_workers == worker) of this rank, in order."""
+    order = epoch_order(list(plan.counts), plan.seed, plan.epoch)
+    offsets = np.concatenate([[0], np.cumsum(plan.counts)]).astype(np.int64)
+    b, gb = plan.batch_size, plan.batch_size * plan.world_size
+    cache: dict[int, _Shard] = {}
+    for j in range(worker, plan.num_batches, num_workers):
+        lo = plan.start_sample + j * gb + plan.rank * b
+        ids = order[lo:lo + b]
+        shard_of = np.searchsorted(offsets, ids, side="right") - 1
+        needed = np.unique(shard_of).tolist()
+        for s in list(cache):  # positions only move forward through the shard order
+            if s not in needed:
+                del cache[s]
+        for s in needed:
+            if s not in cache:
+                cache[s] = _Shard(plan.split_dir / plan.names[s], plan.counts[s])
+        if len(needed) == 1:
+            sh, local = cache[needed[0]], ids - offsets[needed[0]]
+            images, labels, keys = sh.images[local], sh.labels[local], sh.keys[local]
+        else:
+            images = np.empty((b, ROWS, COLS), np.uint8)
+            labels = np.empty(b, np.int64)
+            keys = np.empty(b, dtype=object)
+            for s in needed:
+                m = shard_of == s
+                local = ids[m] - offsets[s]
+                images[m], labels[m], keys[m] = cache[s].images[local], cache[s].labels[local], \
+                    cache[s].keys[local]
+        # numpy, not tensors: a DataLoader worker sends numpy through its pipe ~3x faster than it
+        # moves tensors into shared memory (measured: 0.35 vs 1.2 ms per 256-image batch).
+        yield {"image": images.reshape(b, 1, ROWS, COLS), "label": labels, "key": keys.tolist()}
+
+
+class _WorkerDataset(IterableDataset):
+    """The batches of one rank; inside a DataLoader worker, only that worker's share.
+
+    A UserError inside a worker is sent back as a batch-shaped marker, so the main process can raise
+    it as the same one-line error (torch would otherwise wrap it in a worker traceback).
+    """
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            yield from _batches(self.plan, worker, num_workers)
+        except UserError as e:
+            yield {"__error__": str(e)}
+
+
+def _identity(batch: Any) -> Any:
+    """collate_fn: batches are already collated by the workers."""
+    return batch
+
+
+class ShardLoader:
+    """Iterable of this rank's batches for one epoch; `len()` is the number of batches it yields."""
+
+    def __init__(self, plan: _Plan, num_workers: int) -> None:
+        self.plan = plan
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return self.plan.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dataset = _WorkerDataset(self.plan)
+        if self.num_workers == 0:
+            source: Any = iter(dataset)
+        else:
+            source = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                                     collate_fn=_identity, prefetch_factor=4))
+        try:
+            for batch in source:
+                if "__error__" in batch:
+                    raise UserError(batch["__error__"])
+                yield {"image": torch.from_numpy(batch["image"]), "label": torch.from_numpy(batch["label"]),
+                       "key": batch["key"]}
+        finally:
+            del source  # shuts DataLoader workers down promptly, also on error or early break
+
+
+def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, world_size: int,
+                 num_workers: int, seed: int, epoch: int, start_sample: int = 0) -> ShardLoader:
+    """This rank's loader over split dir `shards` (e.g. DIR/train) for one epoch.
+
+    Batches are dicts: "image" uint8 (B,1,28,28), "label" int64 (B,), "key" list of B str. Every
+    rank yields `len(loader)` full batches; `start_sample` is the number of samples already consumed
+    globally in this epoch (k steps = k * batch_size * world_size), and the loader yields the rest.
+    All shards are checked against the manifest's sha256 here, once.
+    """
+    for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
+                             ("num_workers", num_workers, 0), ("start_sample", start_sample, 0)):
+        if not isinstance(value, int) or value < low:
+            raise UserError(f"{name}={value!r}: must be an integer >= {low}")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank={rank}: must be in [0, world_size={world_size})")
+    split_dir, _, entry = _split_info(shards)
+    _verify(split_dir, entry)
+    total = int(entry["count"])
+    if start_sample > total:
+        raise UserError(f"start_sample={start_sample}: the split {split_dir} holds only {total} samples")
+    global_batch = batch_size * world_size
+    if total < global_batch:
+        raise UserError(f"batch_size {batch_size} x world_size {world_size} = {global_batch} exceeds the "
+                        f"{total} samples of {split_dir}; use a smaller batch size")
+    plan = _Plan(split_dir=split_dir, names=tuple(s["name"] for s in entry["shards"]),
+                 counts=tuple(int(s["count"]) for s in entry["shards"]), batch_size=batch_size, rank=rank,
+                 world_size=world_size, seed=int(seed), epoch=int(epoch), start_sample=start_sample,
+                 num_batches=(total - start_sample) // global_batch)
+    return ShardLoader(plan, num_workers)
+
+
+def load_split(split_dir: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (N,28,28) uint8 and labels (N,) int64 of a split, in stable key order, verified."""
+    split_dir, _, entry = _split_info(split_dir)
+    _verify(split_dir, entry)
+    shards = [_Shard(split_dir / s["name"], int(s["count"])) for s in entry["shards"]]
+    if not shards:
+        return torch.empty((0, ROWS, COLS), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    images = np.concatenate([s.images for s in shards])
+    labels = np.concatenate([s.labels for s in shards])
+    keys = np.concatenate([s.keys for s in shards])
+    if len(keys) > 1 and not bool(np.all(keys[:-1] < keys[1:])):
+        idx = np.argsort(keys, kind="stable")
+        images, labels = images[idx], labels[idx]
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(labels))

@@ -1,0 +1,90 @@
+"""`distgan prepare` from the real MNIST files: shards, manifest, byte-identical reruns, no-op."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from conftest import run_cli
+
+from distgan.mnist import FILES, parse_idx
+from distgan.prepare import prepare
+
+README_MD5 = {  # ../shared/data/mnist/README.md
+    "train-images-idx3-ubyte.gz": "a7278cb56fa770ea9c924dbe240b8f8c",
+    "train-labels-idx1-ubyte.gz": "b232918e4a6082e74f4f753fd5a0c5c0",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_manifest_matches_files(mnist_shards):
+    manifest = json.loads((mnist_shards / "manifest.json").read_text())
+    assert manifest["format"] == "distgan-mnist-shards" and manifest["version"] == 1
+    assert manifest["totals"] == {"samples": 20000, "shards": 4, "train": 10000, "test": 10000}
+    assert {k: v["md5"] for k, v in manifest["source"].items()} == README_MD5
+    for split in ("train", "test"):
+        entry = manifest["splits"][split]
+        assert entry["count"] == sum(s["count"] for s in entry["shards"]) == 10000
+        on_disk = sorted(p.name for p in (mnist_shards / split).iterdir())
+        assert on_disk == [s["name"] for s in entry["shards"]]
+        for shard in entry["shards"]:
+            data = (mnist_shards / split / shard["name"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+            assert len(data) == shard["bytes"]
+    assert sorted(p.name for p in mnist_shards.iterdir()) == ["manifest.json", "test", "train"]
+
+
+def test_shards_are_plain_webdataset(mnist_shards, mnist_raw):
+    """Any webdataset pipeline reads the shards: packs of raw uint8 images, labels and keys."""
+    url = str(mnist_shards / "test" / "test-000000.tar")
+    packs = list(wds.WebDataset(url, shardshuffle=False))
+    assert [p["__key__"] for p in packs] == [f"test-{i:06d}" for i in range(0, 5000, 1000)]
+    first = packs[0]
+    images = np.frombuffer(first["images.u8"], np.uint8).reshape(-1, 28, 28)
+    labels = np.frombuffer(first["labels.u8"], np.uint8)
+    keys = first["keys.txt"].decode().split("\n")
+    want = parse_idx(mnist_raw / FILES["test_images"], kind="images")
+    want_labels = parse_idx(mnist_raw / FILES["test_labels"], kind="labels")
+    assert np.array_equal(images, want[:1000]) and np.array_equal(labels, want_labels[:1000])
+    assert keys[:2] == ["test-000000", "test-000001"] and len(keys) == 1000
+
+
+def test_second_run_is_a_noop(mnist_shards, mnist_raw):
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in mnist_shards.rglob("*") if p.is_file()}
+    content = _files(mnist_shards)
+    proc = run_cli(["prepare", "--raw-dir", str(mnist_raw), "--out", str(mnist_shards)], timeout=120)
+    assert "nothing to do" in proc.stdout
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in mnist_shards.rglob("*") if p.is_file()}
+    assert after == before and _files(mnist_shards) == content
+
+
+def test_fresh_dir_same_bytes_and_repair(mnist_shards, mnist_raw, tmp_path):
+    out = tmp_path / "again"
+    prepare(out, raw_dir=mnist_raw, progress=False, log=lambda s: None)
+    assert _files(out) == _files(mnist_shards)
+    # A damaged output is not "complete and valid": prepare rewrites it to the same bytes.
+    shard = out / "train" / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    (out / "test" / "test-000000.tar").unlink()
+    lines: list[str] = []
+    prepare(out, raw_dir=mnist_raw, progress=False, log=lines.append)
+    assert not any("nothing to do" in line for line in lines)
+    assert _files(out) == _files(mnist_shards)
+
+
+def test_shard_size_and_stale_shards(mnist_raw, tmp_path):
+    out = tmp_path / "out"
+    manifest = prepare(out, raw_dir=mnist_raw, shard_size=1500, progress=False, log=lambda s: None)
+    counts = [s["count"] for s in manifest["splits"]["train"]["shards"]]
+    assert counts == [1500] * 6 + [1000]
+    assert manifest["totals"]["shards"] == 14
+    prepare(out, raw_dir=mnist_raw, shard_size=4000, progress=False, log=lambda s: None)
+    assert sorted(p.name for p in (out / "train").iterdir()) == [f"train-00000{i}.tar" for i in range(3)]
