@@ -28,6 +28,7 @@ class RunDir:
     def __init__(self, path: Path, accelerator: Any) -> None:
         self.path = path
         self.acc = accelerator
+        self.rank = accelerator.process_index
         if accelerator.is_main_process:
             try:
                 path.mkdir(parents=True, exist_ok=True)

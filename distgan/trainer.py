@@ -19,6 +19,7 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
+from distgan.accel import needs_cpu_flag
 from distgan.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.config import Config, dump_config
 from distgan.ema import EMA
@@ -54,6 +55,7 @@ def make_accelerator(cfg: Config, precision_mode: str) -> Accelerator:
     """An Accelerator for this config: W&B tracker, DDP options and a process-group timeout."""
     mode = resolve_mode(cfg.wandb.mode)
     return Accelerator(
+        cpu=needs_cpu_flag(),
         mixed_precision=precision_mode,
         log_with="wandb" if mode != "disabled" else None,
         kwargs_handlers=[
@@ -68,7 +70,8 @@ def build_models(cfg: Config, acc: Accelerator) -> tuple[torch.nn.Module, torch.
     """G and D, with SyncBatchNorm when several GPU processes train together."""
     set_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     g, d = build_generator(cfg.model), build_discriminator(cfg.model)
-    if cfg.model.sync_batchnorm and acc.num_processes > 1:
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
+    if cfg.model.sync_batchnorm and acc.num_processes > 1 and has_bn:
         if acc.device.type == "cuda":
             g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(g)
         else:  # SyncBatchNorm only runs on GPUs; DDP's buffer broadcast keeps the plain BN statistics equal
@@ -159,12 +162,14 @@ class Loop:
         bar.close()
         loop_seconds = time.perf_counter() - t_start
         self.rundir.write_rank_report(state.step, self.g, self.d)
-        acc.end_training()
-        if status == "preempted":
-            acc.print(f"preempted by SIG{self.watcher.signal_name}: checkpoint saved at step {state.step}")
-            if acc.is_main_process:
-                self.watcher.requeue()
         acc.wait_for_everyone()
+        is_main = acc.is_main_process
+        acc.end_training()  # finishes the W&B run and destroys the process group
+        if status == "preempted":
+            print(f"rank {self.rundir.rank}: preempted by SIG{self.watcher.signal_name}; "
+                  f"checkpoint saved at step {state.step}", flush=True)
+            if is_main:
+                self.watcher.requeue()  # last: on SLURM this ends the job and queues it again
         return TrainResult(status, state.step, state.step - start_step, loop_seconds, self.rundir.path)
 
     def _accumulate(self, stats: Any) -> None:
