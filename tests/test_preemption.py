@@ -1,0 +1,163 @@
+"""Unit tests of distgan.preemption: signal parsing, the flag-only handler, the all-ranks agreement
+(2 gloo processes) and `scontrol requeue` (a fake scontrol on PATH)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import PYTHON, REPO, free_port
+from conftest import test_env as child_env  # not collected as a test
+
+from distgan.errors import UserError
+from distgan.preemption import PreemptionWatcher, parse_signal, slurm_job_id
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("USR1", signal.SIGUSR1), ("SIGUSR2", signal.SIGUSR2), ("term", signal.SIGTERM),
+    (str(int(signal.SIGUSR1)), signal.SIGUSR1),
+])
+def test_parse_signal(name, expected):
+    assert parse_signal(name) is expected
+
+
+@pytest.mark.parametrize("name", ["KILL", "SIGSTOP", "USR3", "", "999"])
+def test_unknown_or_uncatchable_signal_is_a_user_error(name):
+    with pytest.raises(UserError, match="signal"):
+        PreemptionWatcher([name])
+
+
+def test_default_and_comma_separated_signals():
+    assert PreemptionWatcher().signals == (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+    assert PreemptionWatcher("USR2,TERM").signals == (signal.SIGUSR2, signal.SIGTERM)
+
+
+def test_handler_only_sets_a_flag_and_remembers_the_first_signal():
+    before = signal.getsignal(signal.SIGUSR2)
+    w = PreemptionWatcher(["USR2", "USR1"])
+    w.install()
+    try:
+        assert not w.local_flag and w.signal_name is None
+        assert not w.requested(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert w.local_flag and w.signal_name == "SIGUSR2"
+        assert w.requested(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+    finally:
+        w.uninstall()
+    assert signal.getsignal(signal.SIGUSR2) == before
+
+
+def test_install_outside_main_thread_refused():
+    import threading
+
+    errors: list[BaseException] = []
+
+    def target():
+        try:
+            PreemptionWatcher().install()
+        except RuntimeError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    assert errors and "main thread" in str(errors[0])
+
+
+def test_handler_overrides_an_inherited_sig_ign():
+    """train.sbatch starts the launcher with USR1 ignored; the training process must still catch it."""
+    code = ("import os, signal; from distgan.preemption import PreemptionWatcher\n"
+            "assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN\n"
+            "w = PreemptionWatcher(['USR1']); w.install(); os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "print('flag', w.local_flag, w.signal_name)\n")
+    proc = subprocess.run(["bash", "-c", 'trap "" USR1 USR2; exec "$0" -c "$1"', PYTHON, code],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "flag True SIGUSR1" in proc.stdout
+
+
+_AGREE = """
+import os, signal, sys
+from types import SimpleNamespace
+import torch, torch.distributed as dist
+from distgan.preemption import PreemptionWatcher
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"))
+w = PreemptionWatcher(["USR1"]); w.install()
+answers = [w.requested(acc)]
+if rank == 1:
+    os.kill(os.getpid(), signal.SIGUSR1)
+answers.append(w.requested(acc))
+print("rank", rank, "answers", answers, "local", w.local_flag, flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_all_ranks_agree_when_one_rank_saw_the_signal():
+    port = str(free_port())
+    procs = [subprocess.Popen([PYTHON, "-c", _AGREE, str(r), port], cwd=REPO, env=child_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "rank 0 answers [False, True] local False" in outs[0][0]
+    assert "rank 1 answers [False, True] local True" in outs[1][0]
+
+
+def _fake_scontrol(tmp_path: Path, rc: int = 0) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls"\necho "denied" >&2\nexit {rc}\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def _slurm_env(monkeypatch, bin_dir: Path | None, **values: str) -> None:
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    if bin_dir is not None:
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_requeue_outside_slurm_does_nothing(monkeypatch, tmp_path):
+    _slurm_env(monkeypatch, _fake_scontrol(tmp_path))
+    assert slurm_job_id() is None
+    assert PreemptionWatcher().requeue() is False
+    assert not (tmp_path / "calls").exists()
+
+
+def test_requeue_runs_scontrol(monkeypatch, tmp_path):
+    _slurm_env(monkeypatch, _fake_scontrol(tmp_path), SLURM_JOB_ID="4242")
+    assert PreemptionWatcher().requeue() is True
+    assert (tmp_path / "calls").read_text().split() == ["requeue", "4242"]
+
+
+def test_requeue_of_an_array_task(monkeypatch, tmp_path):
+    _slurm_env(monkeypatch, _fake_scontrol(tmp_path), SLURM_JOB_ID="4243", SLURM_ARRAY_JOB_ID="4200",
+               SLURM_ARRAY_TASK_ID="3")
+    assert PreemptionWatcher().requeue() is True
+    assert (tmp_path / "calls").read_text().split() == ["requeue", "4200_3"]
+
+
+def test_failed_requeue_returns_false(monkeypatch, tmp_path, caplog):
+    _slurm_env(monkeypatch, _fake_scontrol(tmp_path, rc=1), SLURM_JOB_ID="7")
+    assert PreemptionWatcher().requeue() is False
+    assert "denied" in caplog.text
+
+
+def test_requeue_without_scontrol(monkeypatch, tmp_path):
+    _slurm_env(monkeypatch, None, SLURM_JOB_ID="7")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert PreemptionWatcher().requeue() is False
+
