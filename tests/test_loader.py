@@ -197,3 +197,21 @@ def test_missing_manifest(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(UserError, match="manifest.json: missing"):
         build_loader(tmp_path / "train", batch_size=B, rank=0, world_size=1, num_workers=0, seed=0, epoch=0)
+
+
+def test_bench_data_output(mnist_shards, capsys):
+    import argparse
+
+    from distgan.bench import data_bench
+
+    parser = argparse.ArgumentParser()
+    data_bench.add_arguments(parser)
+    for shards, extra in ((mnist_shards, []), (mnist_shards / "test", ["--no-encodings"])):
+        args = parser.parse_args(["--shards", str(shards), "--min-seconds", "0.01", "--workers", "0,2", *extra])
+        assert data_bench.run(args) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[-2].startswith("data_ratio=") and float(lines[-2].split("=")[1]) > 0
+        assert lines[-1].startswith("loader_img_per_s=") and float(lines[-1].split("=")[1]) > 0
+        assert sum("build_loader" in line for line in lines) == 2
+    with pytest.raises(UserError, match="manifest"):
+        data_bench.run(parser.parse_args(["--shards", str(mnist_shards.parent)]))

@@ -60,6 +60,33 @@ def _memory_rate(split_dir: Path, batch_size: int, min_seconds: float) -> tuple[
     return images / seconds, epoch, seconds
 
 
+def _per_sample_wds_rate(split_dir: Path, batch_size: int, min_seconds: float) -> tuple[float, int, float]:
+    """(images/s, epochs, seconds) for the naive layout: one tar sample per image (raw bytes + label),
+    read by a plain webdataset pipeline that batches in Python; the baseline the packed shards beat."""
+    import tempfile
+
+    import webdataset as wds
+
+    x, y = load_split(split_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "per-sample.tar")
+        with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as writer:
+            for i, (img, label) in enumerate(zip(x.numpy(), y.tolist(), strict=True)):
+                writer.write({"__key__": f"{i:06d}", "u8": img.tobytes(), "cls": str(label).encode()})
+
+        def decode(s: dict) -> tuple[np.ndarray, int]:
+            return np.frombuffer(s["u8"], np.uint8).reshape(1, 28, 28), int(s["cls"])
+
+        images, epoch = 0, 0
+        start = time.perf_counter()
+        while epoch == 0 or time.perf_counter() - start < min_seconds:
+            for batch in wds.WebDataset(path, shardshuffle=False).map(decode).batched(batch_size, partial=False):
+                images += len(batch[0])
+            epoch += 1
+        seconds = time.perf_counter() - start
+    return images / seconds, epoch, seconds
+
+
 def _decode_costs(split_dir: Path, n: int) -> list[tuple[str, float, int]]:
     """(encoding, microseconds per image, bytes per image) decoding n images with webdataset's codecs."""
     import webdataset as wds
@@ -93,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", default="0,2", help="comma-separated loader worker counts (default 0,2)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="minimum time per measurement")
-    parser.add_argument("--no-encodings", action="store_true", help="skip the per-encoding decode table")
+    parser.add_argument("--no-encodings", action="store_true",
+                        help="skip the per-encoding decode table and the one-sample-per-image baseline")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         rate, epochs, seconds = _loader_rate(split_dir, args.batch_size, w, args.min_seconds)
         best = max(best, rate)
         print(f"| build_loader, {w} workers | {rate:,.0f} | {epochs} | {seconds:.2f} |", flush=True)
+    if not args.no_encodings:
+        rate, epochs, seconds = _per_sample_wds_rate(split_dir, args.batch_size, args.min_seconds)
+        print(f"| (baseline) plain webdataset, one tar sample per image, 0 workers | {rate:,.0f} | {epochs} | "
+              f"{seconds:.2f} |", flush=True)
     mem, epochs, seconds = _memory_rate(split_dir, args.batch_size, args.min_seconds)
     print(f"| in-memory uint8 tensor, random batches | {mem:,.0f} | {epochs} | {seconds:.2f} |")
     print(f"\ndata_ratio={best / mem:.3f}")
