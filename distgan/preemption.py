@@ -81,8 +81,8 @@ class PreemptionWatcher:
 
     @property
     def signal_name(self) -> str | None:
-        """Name of the first signal received here (e.g. "SIGUSR1"), or None."""
-        return self._signal.name if self._signal is not None else None
+        """Name of the first signal received here, without the SIG prefix (e.g. "USR1"), or None."""
+        return self._signal.name.removeprefix("SIG") if self._signal is not None else None
 
     # -- collective side ----------------------------------------------------------------------
     def requested(self, accelerator: Any) -> bool:
@@ -116,8 +116,8 @@ class PreemptionWatcher:
             log.error("preemption: %s exited %d: %s", " ".join(cmd), proc.returncode,
                       (proc.stderr or proc.stdout).strip())
             return False
-        log.warning("preemption: ran %s (signal %s); the job will restart and resume", " ".join(cmd),
-                    self.signal_name or "from another rank")
+        how = f"SIG{self.signal_name}" if self.signal_name else "a signal seen by another rank"
+        log.warning("preemption: ran %s after %s; the job will restart and resume", " ".join(cmd), how)
         return True
 
 
