@@ -235,9 +235,10 @@ def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
                     print(f"  failed: {e}; trying the next mirror", file=sys.stderr, flush=True)
         else:
             if failures and all(_is_network_error(e) for _, e in failures):
+                first = str(getattr(failures[0][1], "reason", failures[0][1])).replace("\n", " ")
                 raise UserError(f"no network: could not reach any MNIST mirror for {name} "
-                                f"({len(failures)} tried); copy the four IDX files here by hand and use "
-                                f"--raw-dir DIR")
+                                f"({len(failures)} tried, first: {first}); copy the four IDX files to a "
+                                f"directory by hand and use --raw-dir DIR")
             detail = "; ".join(f"{m}: {e}".replace("\n", " ") for m, e in failures) or "no mirrors given"
             raise UserError(f"{name}: download failed from every mirror ({detail}); try --mirror URL or "
                             f"--raw-dir DIR")

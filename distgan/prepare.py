@@ -123,7 +123,8 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     except FileNotFoundError as e:
         raise UserError(f"{path}: shard missing; rerun `distgan prepare`") from e
     except Exception as e:  # tarfile, OSError, ...: all mean a damaged shard
-        msg = str(e.args[0] if e.args else e).split("\n")[0]
+        # webdataset appends " @ <stream repr>" to the message; the path is already in ours.
+        msg = str(e.args[0] if e.args else e).split("\n")[0].split(" @ ")[0]
         raise UserError(f"{path}: cannot read shard ({type(e).__name__}: {msg}); it is truncated or "
                         f"corrupt, rerun `distgan prepare`") from e
     if not packs:

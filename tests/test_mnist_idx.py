@@ -58,7 +58,7 @@ def test_wrong_magic(mnist_raw, tmp_path):
 
 def test_truncated(mnist_raw, tmp_path):
     bad = tmp_path / "t10k-images-idx3-ubyte.gz"
-    bad.write_bytes(gzip.compress(_raw(mnist_raw, "test_images")[:-100], mtime=0))
+    bad.write_bytes(gzip.compress(_raw(mnist_raw, "test_images")[:-100], compresslevel=1, mtime=0))
     with pytest.raises(UserError) as exc:
         parse_idx(bad, kind="images")
     assert "truncated" in _one_line_error(exc, bad)
