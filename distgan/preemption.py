@@ -5,6 +5,11 @@ Signal handlers only set a flag (checkpointing inside a handler can hang). The t
 a signal seen by any rank stops all of them at the same step. Then every rank saves, and the main
 process calls `requeue()` (`scontrol requeue $SLURM_JOB_ID`) before all exit 0.
 
+Only the warning signals (USR1, USR2 by default: `--signal=USR1@120`) requeue. SIGTERM also stops
+training with a checkpoint, but does not requeue: SLURM sends it for `scancel` (a requeue would bring a
+cancelled job back: `scontrol requeue` accepts a cancelled job), at the time limit, and when it
+preempts a job itself (then SLURM requeues it or not, by its own PreemptMode).
+
 Under `accelerate launch` (torchrun) the launcher must not die of SIGUSR1/2: launch/slurm/train.sbatch
 runs it with those signals ignored, and SLURM delivers the signal to every process of the step.
 """
@@ -24,6 +29,9 @@ from distgan.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNALS: tuple[str, ...] = ("USR1", "USR2", "TERM")
+DEFAULT_REQUEUE_SIGNALS: tuple[str, ...] = ("USR1", "USR2")
+# What the ranks agree on (all-reduce MAX): nothing, stop, or stop and requeue.
+_NONE, _STOP, _REQUEUE = 0, 1, 2
 # Signals a job may sensibly be warned with; KILL and STOP cannot be caught.
 ALLOWED_SIGNALS: tuple[str, ...] = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "CONT", "URG", "XCPU")
 
@@ -46,12 +54,14 @@ def parse_signal(name: str) -> signal.Signals:
 class PreemptionWatcher:
     """Watches for preemption signals and coordinates the stop across ranks."""
 
-    def __init__(self, signals: Sequence[str] = DEFAULT_SIGNALS) -> None:
-        if isinstance(signals, str):
-            signals = [s for s in signals.replace(",", " ").split() if s]
-        self.signals: tuple[signal.Signals, ...] = tuple(dict.fromkeys(parse_signal(s) for s in signals))
+    def __init__(self, signals: Sequence[str] = DEFAULT_SIGNALS,
+                 requeue_signals: Sequence[str] = DEFAULT_REQUEUE_SIGNALS) -> None:
+        self.signals = _parse_list(signals)
+        self.requeue_signals = frozenset(_parse_list(requeue_signals))
         self._flag = False
+        self._wants_requeue = False
         self._signal: signal.Signals | None = None
+        self._agreed = _NONE
         self._previous: dict[signal.Signals, Any] = {}
 
     # -- local side ---------------------------------------------------------------------------
@@ -70,8 +80,10 @@ class PreemptionWatcher:
 
     def _handle(self, signum: int, frame: object) -> None:
         # Only set a flag: no I/O, no locks, no collectives in a signal handler.
+        sig = signal.Signals(signum)
         if not self._flag:
-            self._signal = signal.Signals(signum)
+            self._signal = sig
+        self._wants_requeue = self._wants_requeue or sig in self.requeue_signals
         self._flag = True
 
     @property
@@ -87,21 +99,33 @@ class PreemptionWatcher:
     # -- collective side ----------------------------------------------------------------------
     def requested(self, accelerator: Any) -> bool:
         """Collective: True on every rank if any rank saw a signal. Call on all ranks at one step."""
+        local = _REQUEUE if self._wants_requeue else _STOP if self._flag else _NONE
         if int(getattr(accelerator, "num_processes", 1)) <= 1:
-            return self._flag
-        import torch
-        import torch.distributed as dist
+            self._agreed = local
+        else:
+            import torch
+            import torch.distributed as dist
 
-        flag = torch.tensor([1 if self._flag else 0], dtype=torch.int32, device=accelerator.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        agreed = bool(flag.item())
-        if agreed and not self._flag:
-            log.info("preemption requested by another rank")
-        return agreed
+            code = torch.tensor([local], dtype=torch.int32, device=accelerator.device)
+            dist.all_reduce(code, op=dist.ReduceOp.MAX)
+            self._agreed = int(code.item())
+            if self._agreed and not self._flag:
+                log.info("preemption requested by another rank")
+        return self._agreed != _NONE
+
+    @property
+    def should_requeue(self) -> bool:
+        """After `requested()`: False when the ranks stopped for a signal that does not requeue (TERM)."""
+        return self._agreed != _STOP
 
     # -- main process -------------------------------------------------------------------------
     def requeue(self) -> bool:
-        """Main process only: `scontrol requeue` this SLURM job. False when not under SLURM or on failure."""
+        """Main process only: `scontrol requeue` this SLURM job. False when not under SLURM, after a
+        stop signal that does not requeue (SIGTERM: scancel, time limit), or if scontrol fails."""
+        if not self.should_requeue:
+            log.warning("preemption: stopped by a signal that does not requeue (SIG%s); not requeueing",
+                        self.signal_name or "TERM")
+            return False
         job = slurm_job_id()
         if job is None:
             log.info("preemption: not a SLURM job (no SLURM_JOB_ID), not requeueing")
@@ -119,6 +143,12 @@ class PreemptionWatcher:
         how = f"SIG{self.signal_name}" if self.signal_name else "a signal seen by another rank"
         log.warning("preemption: ran %s after %s; the job will restart and resume", " ".join(cmd), how)
         return True
+
+
+def _parse_list(signals: Sequence[str] | str) -> tuple[signal.Signals, ...]:
+    if isinstance(signals, str):
+        signals = [s for s in signals.replace(",", " ").split() if s]
+    return tuple(dict.fromkeys(parse_signal(s) for s in signals))
 
 
 def slurm_job_id() -> str | None:

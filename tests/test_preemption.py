@@ -91,25 +91,29 @@ from distgan.preemption import PreemptionWatcher
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
 acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"))
-w = PreemptionWatcher(["USR1"]); w.install()
+w = PreemptionWatcher(["USR1", "TERM"]); w.install()
 answers = [w.requested(acc)]
 if rank == 1:
+    os.kill(os.getpid(), signal.SIGTERM)
+answers.append((w.requested(acc), w.should_requeue))
+if rank == 0:
     os.kill(os.getpid(), signal.SIGUSR1)
-answers.append(w.requested(acc))
-print("rank", rank, "answers", answers, "local", w.local_flag, flush=True)
+answers.append((w.requested(acc), w.should_requeue))
+print("rank", rank, "answers", answers, "local", w.signal_name, flush=True)
 dist.destroy_process_group()
 """
 
 
 def test_all_ranks_agree_when_one_rank_saw_the_signal():
+    """Rank 1 sees TERM: both stop, neither requeues; then rank 0 sees USR1: both requeue (MAX)."""
     port = str(free_port())
     procs = [subprocess.Popen([PYTHON, "-c", _AGREE, str(r), port], cwd=REPO, env=child_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    assert "rank 0 answers [False, True] local False" in outs[0][0]
-    assert "rank 1 answers [False, True] local True" in outs[1][0]
+    assert "rank 0 answers [False, (True, False), (True, True)] local USR1" in outs[0][0]
+    assert "rank 1 answers [False, (True, False), (True, True)] local TERM" in outs[1][0]
 
 
 def _fake_scontrol(tmp_path: Path, rc: int = 0) -> Path:
@@ -128,6 +132,34 @@ def _slurm_env(monkeypatch, bin_dir: Path | None, **values: str) -> None:
         monkeypatch.setenv(key, value)
     if bin_dir is not None:
         monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_term_stops_but_does_not_requeue(monkeypatch, tmp_path, caplog):
+    """SIGTERM comes with scancel too: requeueing would resurrect a cancelled job."""
+    _slurm_env(monkeypatch, _fake_scontrol(tmp_path), SLURM_JOB_ID="4242")
+    w = PreemptionWatcher()
+    w.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert w.requested(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+    finally:
+        w.uninstall()
+    assert w.signal_name == "TERM" and not w.should_requeue
+    assert w.requeue() is False
+    assert not (tmp_path / "calls").exists()
+    assert "not requeueing" in caplog.text
+
+
+def test_requeue_signals_are_configurable(monkeypatch, tmp_path):
+    _slurm_env(monkeypatch, _fake_scontrol(tmp_path), SLURM_JOB_ID="4242")
+    w = PreemptionWatcher(["TERM"], requeue_signals=["TERM"])
+    w.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert w.requested(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+    finally:
+        w.uninstall()
+    assert w.should_requeue and w.requeue() is True
 
 
 def test_requeue_outside_slurm_does_nothing(monkeypatch, tmp_path):
