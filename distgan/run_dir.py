@@ -53,7 +53,7 @@ def state_sha256(module: torch.nn.Module) -> str:
     """sha256 over a module's parameters and buffers (names, dtypes and exact bytes)."""
     h = hashlib.sha256()
     for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -98,6 +98,9 @@ def train(cfg: Config) -> TrainResult:
     state = TrainState()
     if resume_from is not None:
         state = load_checkpoint(acc, resume_from, ema=ema, precision=precision)
+        for opt, lr in ((opt_g, cfg.train.lr_g), (opt_d, cfg.train.lr_d)):  # the config's, not the saved, lr
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, betas
         acc.print(f"resumed from {resume_from} at step {state.step}")
     start_tracking(acc, mode=resolve_mode(cfg.wandb.mode), project=cfg.wandb.project, entity=cfg.wandb.entity,
                    name=cfg.wandb.name, run_dir=run.path, config=cfg.to_dict())
@@ -129,11 +132,17 @@ class Loop:
         self.window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter()}  # since the last scalar log
 
     def run(self) -> TrainResult:
-        cfg, acc, state = self.cfg, self.acc, self.state
-        start_step, t_start = state.step, time.perf_counter()
-        bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not acc.is_main_process,
-                   dynamic_ncols=True, desc="train")
-        status = "finished"
+        start_step, t_start = self.state.step, time.perf_counter()
+        with tqdm(total=self.cfg.train.steps, initial=start_step, disable=not self.acc.is_main_process,
+                  dynamic_ncols=True, desc="train") as bar:
+            status = self._loop(bar)
+        loop_seconds = time.perf_counter() - t_start
+        self._finish(status)
+        return TrainResult(status, self.state.step, self.state.step - start_step, loop_seconds, self.rundir.path)
+
+    def _loop(self, bar: tqdm) -> str:
+        """Iterate until train.steps or a preemption; return "finished" or "preempted"."""
+        cfg, state = self.cfg, self.state
         while state.step < cfg.train.steps:
             t_data = time.perf_counter()
             reals = [self.stream.next_images() for _ in range(cfg.train.d_steps)]
@@ -141,7 +150,7 @@ class Loop:
             logging_step = (state.step + 1) % cfg.log.every == 0
             stats = self.step_fn(reals, state.step, want_grad_norms=logging_step)
             state.step += 1
-            self.ema.update(acc.unwrap_model(self.g), state.step)
+            self.ema.update(self.acc.unwrap_model(self.g), state.step)
             self._accumulate(stats)
             bar.update(1)
             if logging_step:
@@ -154,23 +163,24 @@ class Loop:
             if saved:
                 self._checkpoint()
             if state.step < cfg.train.steps and state.step % cfg.preempt.check_every == 0 \
-                    and self.watcher.requested(acc):
+                    and self.watcher.requested(self.acc):
                 if not saved:
                     self._checkpoint()
-                status = "preempted"
-                break
-        bar.close()
-        loop_seconds = time.perf_counter() - t_start
-        self.rundir.write_rank_report(state.step, self.g, self.d)
+                return "preempted"
+        return "finished"
+
+    def _finish(self, status: str) -> None:
+        """Every rank reports its weights, the W&B run ends; after a preemption the main process requeues."""
+        acc = self.acc
+        self.rundir.write_rank_report(self.state.step, self.g, self.d)
         acc.wait_for_everyone()
         is_main = acc.is_main_process
         acc.end_training()  # finishes the W&B run and destroys the process group
         if status == "preempted":
             print(f"rank {self.rundir.rank}: preempted by SIG{self.watcher.signal_name}; "
-                  f"checkpoint saved at step {state.step}", flush=True)
+                  f"checkpoint saved at step {self.state.step}", flush=True)
             if is_main:
                 self.watcher.requeue()  # last: on SLURM this ends the job and queues it again
-        return TrainResult(status, state.step, state.step - start_step, loop_seconds, self.rundir.path)
 
     def _accumulate(self, stats: Any) -> None:
         """Sum per-step values on the device; count consecutive non-finite losses without a device sync."""

@@ -17,7 +17,7 @@ PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: offline wandb, one thread per process (2-core machines)."""
     env = dict(os.environ)
     env.update(
@@ -33,6 +33,9 @@ def test_env(**extra: str) -> dict[str, str]:
     return env
 
 
+test_env = child_env  # older name; import `child_env` (pytest would collect a `test_*` name in a test module)
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -43,7 +46,7 @@ def free_port() -> int:
 def run_cli(args: list[str], *, timeout: float, cwd: Path | None = None, env: dict | None = None,
             check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m distgan ARGS` with a hard timeout (a hang fails the test)."""
-    proc = subprocess.run([PYTHON, "-m", "distgan", *args], cwd=cwd or REPO, env=env or test_env(),
+    proc = subprocess.run([PYTHON, "-m", "distgan", *args], cwd=cwd or REPO, env=env or child_env(),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"distgan {' '.join(args)} exited {proc.returncode}\n"
@@ -57,7 +60,7 @@ def accelerate_launch(args: list[str], *, num_processes: int = 2, timeout: float
     cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), *args]
-    proc = subprocess.run(cmd, cwd=cwd or REPO, env=env or test_env(), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=cwd or REPO, env=env or child_env(), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
@@ -79,3 +82,24 @@ def mnist_shards(tmp_path_factory, mnist_raw) -> Path:
     out = tmp_path_factory.mktemp("mnist_shards")
     run_cli(["prepare", "--raw-dir", str(mnist_raw), "--out", str(out)], timeout=300)
     return out
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of every offline W&B run under RUN_DIR/wandb, oldest run first, read back with
+    `wandb leet inspect --json` (JSON lines)."""
+    import json
+
+    runs = sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    assert runs, f"no offline W&B run under {run_dir}/wandb"
+    records = []
+    for run in runs:
+        proc = subprocess.run([str(BIN / "wandb"), "leet", "inspect", "--json", str(run)], capture_output=True,
+                              text=True, timeout=120, env=child_env())
+        assert proc.returncode == 0, proc.stderr
+        records += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return records
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows (`_step` and logged keys) of the offline W&B runs of RUN_DIR, in logging order."""
+    return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
