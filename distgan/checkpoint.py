@@ -128,7 +128,7 @@ def load_checkpoint(accelerator: Any, path: Path, *, ema: Any, precision: Any) -
     """Collective: restore models, optimizers, RNG states, EMA and scalers; return the training state."""
     # accelerate loads its own files (models, optimizers, RNG states); distgan's files are safetensors and JSON.
     accelerator.load_state(str(path))
-    ema.load_state_dict(load_file(str(path / EMA_FILE), device=str(accelerator.device)))
+    ema.load_state_dict(load_file(str(path / EMA_FILE)))  # copied onto the EMA's device
     extra = json.loads((path / STATE_FILE).read_text())
     precision.load_state_dict(extra.get("scalers", {}))
     return TrainState(**extra["state"])

@@ -43,6 +43,7 @@ class RunDir:
 
     def write_rank_report(self, step: int, *models: torch.nn.Module) -> None:
         """Every rank: RUN_DIR/ranks/rank_<R>.json with its world size and a hash of G's and D's weights."""
+        sync_buffers(self.acc, models)
         g, d = (self.acc.unwrap_model(m) for m in models)
         report = {"rank": self.acc.process_index, "world_size": self.acc.num_processes, "step": step,
                   "g_sha256": state_sha256(g), "d_sha256": state_sha256(d), "hostname": socket.gethostname()}
@@ -60,10 +61,24 @@ def state_sha256(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def sync_buffers(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> None:
+    """Collective: copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+    DDP's `broadcast_buffers` does exactly this at the start of the next forward, so doing it before a
+    checkpoint or a consistency check changes nothing in training; it only makes the replicas comparable.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for model in models:
+        for buf in accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buf, src=0)
+
+
 def check_consistency(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> None:
     """Collective: raise if any rank's weights differ from rank 0's (DDP should keep them identical)."""
     if accelerator.num_processes == 1:
         return
+    sync_buffers(accelerator, models)
     mine = [state_sha256(accelerator.unwrap_model(m)) for m in models]
     everyone = gather_object([mine])
     bad = [r for r, digests in enumerate(everyone) if digests != everyone[0]]
