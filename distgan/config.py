@@ -63,6 +63,7 @@ class LogConfig:
     every: int = 50  # scalar metrics every N steps
     grid_every: int = 500  # sample grid every M steps
     grid_size: int = 8  # grid_size x grid_size samples
+    progress: bool = True  # progress bar on the main process
 
 
 @dataclass
@@ -129,6 +130,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the type hint `tp`; return it (ints widen to floats). Raise UserError if wrong."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool) and not value and "no" in typing.get_args(tp):
+            value = "no"  # YAML 1.1 reads a bare `no` as false (mixed_precision=no)
         if value not in typing.get_args(tp):
             choices = ", ".join(repr(c) for c in typing.get_args(tp))
             raise UserError(f"config key '{key}': {value!r} is not one of {choices}")

@@ -48,6 +48,7 @@ class TrainResult:
     step: int
     steps_run: int
     loop_seconds: float
+    step_seconds: float  # the iterations alone (data, D and G steps, EMA, bookkeeping), without periodic work
     run_dir: Path
 
 
@@ -130,15 +131,18 @@ class Loop:
                                       generator=torch.Generator().manual_seed(cfg.seed + 1))
         self.sums: dict[str, torch.Tensor] = {}
         self.window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter()}  # since the last scalar log
+        self.step_seconds = 0.0
 
     def run(self) -> TrainResult:
         start_step, t_start = self.state.step, time.perf_counter()
-        with tqdm(total=self.cfg.train.steps, initial=start_step, disable=not self.acc.is_main_process,
-                  dynamic_ncols=True, desc="train") as bar:
+        show = self.acc.is_main_process and self.cfg.log.progress
+        with tqdm(total=self.cfg.train.steps, initial=start_step, disable=not show, dynamic_ncols=True,
+                  desc="train") as bar:
             status = self._loop(bar)
         loop_seconds = time.perf_counter() - t_start
         self._finish(status)
-        return TrainResult(status, self.state.step, self.state.step - start_step, loop_seconds, self.rundir.path)
+        return TrainResult(status, self.state.step, self.state.step - start_step, loop_seconds,
+                           self.step_seconds, self.rundir.path)
 
     def _loop(self, bar: tqdm) -> str:
         """Iterate until train.steps or a preemption; return "finished" or "preempted"."""
@@ -153,6 +157,7 @@ class Loop:
             self.ema.update(self.acc.unwrap_model(self.g), state.step)
             self._accumulate(stats)
             bar.update(1)
+            self.step_seconds += time.perf_counter() - t_data
             if logging_step:
                 self._log_scalars(bar)
             if state.step % cfg.log.grid_every == 0 or state.step == 1:

@@ -1,0 +1,93 @@
+"""`distgan bench train`: steps/s of the distgan trainer against a plain PyTorch loop over the same
+model, loss and batches, measured in the same run (these machines are shared and noisy)."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from distgan.config import load_config
+from distgan.data import build_loader
+from distgan.errors import UserError
+from distgan.models import MLPDiscriminator, MLPGenerator
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", default="data/mnist", help="output of `distgan prepare` (default data/mnist)")
+    parser.add_argument("--batch-sizes", default="64,256", help="comma-separated per-process batch sizes")
+    parser.add_argument("--steps", type=int, default=300, help="G steps per measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
+
+
+def plain_loop(shards: Path, batch_size: int, steps: int, seed: int = 0) -> float:
+    """The classic MNIST GAN script's loop (BCE-with-logits, Adam 2e-4/0.5): seconds its `steps` iterations took."""
+    torch.manual_seed(seed)
+    generator, discriminator = MLPGenerator(100), MLPDiscriminator()
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ones, zeros = torch.ones(batch_size), torch.zeros(batch_size)
+    done, epoch, seconds = 0, 0, 0.0
+    while done < steps:
+        batches = iter(build_loader(shards / "train", batch_size=batch_size, rank=0, world_size=1, num_workers=0,
+                                    seed=seed, epoch=epoch))
+        while True:  # timed like the trainer's step_seconds: from fetching a batch to the G update
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            real = batch["image"].float() / 127.5 - 1
+            fake = generator(torch.randn(batch_size, 100))
+            opt_d.zero_grad()
+            loss_d = F.binary_cross_entropy_with_logits(discriminator(real), ones) + \
+                F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros)
+            loss_d.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            loss_g = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+            loss_g.backward()
+            opt_g.step()
+            seconds += time.perf_counter() - t0
+            done += 1
+            if done == steps:
+                break
+        epoch += 1
+    return seconds
+
+
+def distgan_loop(shards: Path, batch_size: int, steps: int, work: Path) -> float:
+    """The distgan trainer on the seed MLP config, no logging: seconds its `steps` iterations took."""
+    from distgan.trainer import train
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mnist_mlp.yaml", [
+        f"data.dir={shards}", f"run.dir={work}", f"train.steps={steps}", f"train.batch_size={batch_size}",
+        "data.num_workers=0", "wandb.mode=disabled", "mixed_precision=no", "resume=never", "log.progress=false",
+        f"log.every={steps + 1}", f"log.grid_every={steps + 1}", f"checkpoint.every={steps + 1}",
+    ])
+    result = train(cfg)
+    return result.step_seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    shards = Path(args.shards)
+    if not (shards / "train").is_dir():
+        raise UserError(f"--shards {shards}: no train/ split; run `distgan prepare --out {shards}` first")
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps per measurement")
+    print(f"{'batch':>6} {'plain steps/s':>14} {'distgan steps/s':>16} {'ratio':>7}")
+    ratios = []
+    for batch in sizes:
+        plain, ours = [], []
+        for _ in range(args.repeats):
+            plain.append(args.steps / plain_loop(shards, batch, args.steps))
+            with tempfile.TemporaryDirectory() as work:
+                ours.append(args.steps / distgan_loop(shards, batch, args.steps, Path(work) / "run"))
+        ratio = max(ours) / max(plain)
+        ratios.append(ratio)
+        print(f"{batch:>6} {max(plain):>14.1f} {max(ours):>16.1f} {ratio:>7.3f}", flush=True)
+    print(f"train_ratio={min(ratios):.3f}")
+    return 0
