@@ -45,7 +45,9 @@ class RunDir:
         """Every rank: RUN_DIR/ranks/rank_<R>.json with its world size and a hash of G's and D's weights."""
         sync_buffers(self.acc, models)
         g, d = (self.acc.unwrap_model(m) for m in models)
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         report = {"rank": self.acc.process_index, "world_size": self.acc.num_processes, "step": step,
+                  "device": str(self.acc.device), "backend": backend,
                   "g_sha256": state_sha256(g), "d_sha256": state_sha256(d), "hostname": socket.gethostname()}
         write_json_atomic(self.path / "ranks" / f"rank_{self.acc.process_index}.json", report)
 

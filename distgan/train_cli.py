@@ -22,5 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(cfg)
     if result.status == "finished":
-        print(f"finished at step {result.step}; run directory: {result.run_dir}")
+        rate = result.steps_run / result.step_seconds if result.step_seconds else 0.0
+        print(f"finished at step {result.step} ({result.steps_run} steps here, {rate:.1f} steps/s, "
+              f"{rate * cfg.train.batch_size * cfg.train.d_steps:.0f} images/s per process); "
+              f"run directory: {result.run_dir}")
     return 0

@@ -12,9 +12,12 @@ from distgan.gan_step import GANStep, noise_generator
 from distgan.models import build_discriminator, build_generator
 from distgan.precision import Precision
 
+# CUDA runs on a GPU machine only, in its own pytest process (`-k cuda`): Accelerate's state is per process.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-def make_step(mode: str = "no", loss: str = "bce"):
-    acc = Accelerator(cpu=True)
+
+def make_step(mode: str = "no", loss: str = "bce", device: str = "cpu"):
+    acc = Accelerator(cpu=device == "cpu")
     torch.manual_seed(0)
     cfg = ModelConfig(arch="mlp", z_dim=8, g_hidden=[16], d_hidden=[16])
     g, d = build_generator(cfg), build_discriminator(cfg)
@@ -35,26 +38,27 @@ def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def real_batch():
-    return torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+def real_batch(device="cpu"):
+    return (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("broken", ["d", "g"])
-def test_fp16_inf_gradient_skips_only_that_optimizer(broken):
-    step, g, d, prec = make_step("fp16")
-    step([real_batch()], 0)  # one clean iteration so both optimizers have state
+def test_fp16_inf_gradient_skips_only_that_optimizer(broken, device):
+    step, g, d, prec = make_step("fp16", device=device)
+    step([real_batch(device)], 0)  # one clean iteration so both optimizers have state
     scale_before = {p: prec.scale(p) for p in ("d", "g")}
     g0, d0 = params(g), params(d)
     target = next((d if broken == "d" else g).parameters())
     handle = target.register_hook(lambda grad: torch.full_like(grad, float("inf")))
-    step([real_batch()], 1)
+    step([real_batch(device)], 1)
     handle.remove()
     other = "g" if broken == "d" else "d"
     assert same(params(d if broken == "d" else g), d0 if broken == "d" else g0), "the broken step must be skipped"
     assert not same(params(g if broken == "d" else d), g0 if broken == "d" else d0), "the other one must step"
     assert prec.scale(broken) == scale_before[broken] / 2  # backoff on this scaler only
     assert prec.scale(other) == scale_before[other]
-    step([real_batch()], 2)  # and training carries on with finite weights
+    step([real_batch(device)], 2)  # and training carries on with finite weights
     assert all(torch.isfinite(p).all() for p in list(g.parameters()) + list(d.parameters()))
 
 

@@ -24,13 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
 
 
-def plain_loop(shards: Path, batch_size: int, steps: int, seed: int = 0) -> float:
+def plain_loop(shards: Path, batch_size: int, steps: int, device: str, seed: int = 0) -> float:
     """The classic MNIST GAN script's loop (BCE-with-logits, Adam 2e-4/0.5): seconds its `steps` iterations took."""
     torch.manual_seed(seed)
-    generator, discriminator = MLPGenerator(100), MLPDiscriminator()
+    generator, discriminator = MLPGenerator(100).to(device), MLPDiscriminator().to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    ones, zeros = torch.ones(batch_size), torch.zeros(batch_size)
+    ones, zeros = torch.ones(batch_size, device=device), torch.zeros(batch_size, device=device)
     done, epoch, seconds = 0, 0, 0.0
     while done < steps:
         batches = iter(build_loader(shards / "train", batch_size=batch_size, rank=0, world_size=1, num_workers=0,
@@ -40,8 +40,8 @@ def plain_loop(shards: Path, batch_size: int, steps: int, seed: int = 0) -> floa
             batch = next(batches, None)
             if batch is None:
                 break
-            real = batch["image"].float() / 127.5 - 1
-            fake = generator(torch.randn(batch_size, 100))
+            real = batch["image"].to(device).float() / 127.5 - 1
+            fake = generator(torch.randn(batch_size, 100, device=device))
             opt_d.zero_grad()
             loss_d = F.binary_cross_entropy_with_logits(discriminator(real), ones) + \
                 F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros)
@@ -77,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
     if not (shards / "train").is_dir():
         raise UserError(f"--shards {shards}: no train/ split; run `distgan prepare --out {shards}` first")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps per measurement")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the trainer runs too
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} on {where}, {args.steps} steps per measurement")
     print(f"{'batch':>6} {'plain steps/s':>14} {'distgan steps/s':>16} {'ratio':>7}")
     ratios = []
     for batch in sizes:
         plain, ours = [], []
         for _ in range(args.repeats):
-            plain.append(args.steps / plain_loop(shards, batch, args.steps))
+            plain.append(args.steps / plain_loop(shards, batch, args.steps, device))
             with tempfile.TemporaryDirectory() as work:
                 ours.append(args.steps / distgan_loop(shards, batch, args.steps, Path(work) / "run"))
         ratio = max(ours) / max(plain)
