@@ -1,0 +1,170 @@
+"""The scores, from features already extracted by the classifier (no images here).
+
+FID, KID and the classifier Inception Score ("MNIST score") are torchmetrics' implementations, fed the
+classifier's features through an identity feature module; FID's statistics are float64. Precision and
+recall (Kynkäänniemi et al. 2019, k=3) and class coverage are written here (torchmetrics has neither).
+Every random choice (KID subsets, IS split order, the real subset for precision/recall) is seeded, so
+the same features always give the same scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
+
+K_NEAREST = 3
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+IS_SPLITS = 10
+CLASS_PRESENT_MIN_SHARE = 0.01  # a digit is "present" if at least 1% of the samples are classified as it
+
+
+@dataclass
+class FeatureSet:
+    """Classifier outputs for a set of images: penultimate features (N, D) and logits (N, 10), on CPU."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+class Precomputed(nn.Module):
+    """Identity "feature extractor" for torchmetrics: the inputs already are features; returns float64."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torchmetrics' "will save all extracted features in buffer" notices."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        yield
+
+
+def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted (float64) to two feature sets (N, D)."""
+    with _quiet():
+        m = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), sync_on_compute=False)
+        m.update(real, real=True)
+        m.update(fake, real=False)
+        return float(m.compute())
+
+
+def kid(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, subsets: int | None = None,
+        subset_size: int | None = None) -> tuple[float, float]:
+    """Unbiased KID (cubic polynomial kernel, float64): (mean, std) over `subsets` (default KID_SUBSETS)
+    random subsets of KID_SUBSET_SIZE samples (fewer if a set is smaller) from each set."""
+    subsets = KID_SUBSETS if subsets is None else subsets
+    size = min(KID_SUBSET_SIZE if subset_size is None else subset_size, len(real), len(fake))
+    with _quiet():
+        m = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size,
+                                    sync_on_compute=False)
+        m.update(real, real=True)
+        m.update(fake, real=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mean, std = m.compute()
+        return float(mean), float(std)
+
+
+def inception_score(logits: torch.Tensor, *, seed: int = 0, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """Classifier Inception Score exp(E KL(p(y|x) || p(y))): (mean, std) over `splits` splits."""
+    with _quiet():
+        m = InceptionScore(feature=Precomputed(logits.shape[1]), splits=splits, sync_on_compute=False)
+        m.update(logits)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            mean, std = m.compute()
+        return float(mean), float(std)
+
+
+def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """Distance from each row of x to its k-th nearest other row."""
+    out = []
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i:i + chunk], x)
+        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])  # column 0 is the point itself
+    return torch.cat(out)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = K_NEAREST,
+                     chunk: int = 1000) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of
+    balls reaching each point's k-th nearest neighbour. Precision: share of fakes inside the real
+    manifold; recall: share of reals inside the fake manifold."""
+    real, fake = real.float(), fake.float()
+    r_real = _kth_nn_radius(real, k, chunk)
+    r_fake = _kth_nn_radius(fake, k, chunk)
+    fake_in_real = torch.zeros(len(fake), dtype=torch.bool)
+    real_in_fake = torch.zeros(len(real), dtype=torch.bool)
+    for i in range(0, len(fake), chunk):
+        d = torch.cdist(fake[i:i + chunk], real)  # (c, n_real)
+        fake_in_real[i:i + chunk] = (d <= r_real[None, :]).any(dim=1)
+        real_in_fake |= (d <= r_fake[i:i + chunk, None]).any(dim=0)
+    return float(fake_in_real.float().mean()), float(real_in_fake.float().mean())
+
+
+def class_mix(logits: torch.Tensor) -> torch.Tensor:
+    """Share of samples the classifier assigns to each digit (float64, sums to 1)."""
+    counts = torch.bincount(logits.argmax(dim=1), minlength=logits.shape[1]).double()
+    return counts / counts.sum().clamp(min=1)
+
+
+def class_coverage(fake_logits: torch.Tensor, real_mix: torch.Tensor) -> tuple[int, float]:
+    """(digits with at least 1% of the samples, KL(sample class mix || real class mix) in nats).
+
+    The KL is finite even when digits are missing (a one-digit generator scores about ln 10 = 2.3)."""
+    p = class_mix(fake_logits)
+    q = real_mix.double().clamp(min=1e-12)
+    present = p > 0
+    kl = float((p[present] * (p[present] / q[present]).log()).sum())
+    return int((p >= CLASS_PRESENT_MIN_SHARE).sum()), max(kl, 0.0)
+
+
+def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dict[str, float]:
+    """All scores of `fake` against `real`.
+
+    Keys: fid, kid, kid_std, is, is_std, precision, recall, classes, class_kl, n. FID uses every real
+    feature; precision/recall use a seeded random subset of the reals as large as the fake set, so both
+    manifolds are estimated from equally many points.
+    """
+    n = len(fake)
+    if n < 2 or len(real) < 2:
+        raise ValueError(f"need at least 2 real and 2 generated samples, got {len(real)} and {n}")
+    gen = torch.Generator().manual_seed(seed)
+    real_pr = real.features
+    if len(real) > n:
+        real_pr = real.features[torch.randperm(len(real), generator=gen)[:n]]
+    kid_mean, kid_std = kid(real.features, fake.features, seed=seed)
+    is_mean, is_std = inception_score(fake.logits, seed=seed, splits=min(IS_SPLITS, n))
+    precision, recall = precision_recall(real_pr, fake.features)
+    classes, class_kl = class_coverage(fake.logits, class_mix(real.logits))
+    out = {
+        "fid": fid(real.features, fake.features),
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "is": is_mean,
+        "is_std": is_std,
+        "precision": precision,
+        "recall": recall,
+        "classes": classes,
+        "class_kl": class_kl,
+        "n": n,
+    }
+    return out
