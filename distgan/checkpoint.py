@@ -102,6 +102,7 @@ def save_checkpoint(accelerator: Any, run_dir: Path, *, state: TrainState, ema: 
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # models and optimizers from the main process, RNG from every rank
+    accelerator.wait_for_everyone()  # every rank's files are in tmp before the main process renames it
     if accelerator.is_main_process:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / EMA_FILE))
         extra = {"state": asdict(state), "scalers": precision.state_dict(),

@@ -99,7 +99,9 @@ class DistConfig:
 
 @dataclass
 class PreemptConfig:
-    signals: list[str] = field(default_factory=lambda: ["USR1", "USR2", "TERM"])
+    signals: list[str] = field(default_factory=lambda: ["USR1", "USR2", "TERM"])  # save a checkpoint and stop
+    # ...and requeue the SLURM job on these only: TERM also comes from `scancel`, which must not come back
+    requeue_signals: list[str] = field(default_factory=lambda: ["USR1", "USR2"])
     check_every: int = 1  # steps between the all-ranks agreement on a pending signal
 
 

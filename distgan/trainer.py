@@ -14,7 +14,6 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DistributedDataParallelKwargs,
     InitProcessGroupKwargs,
-    broadcast_object_list,
     set_seed,
 )
 from tqdm.auto import tqdm
@@ -23,6 +22,7 @@ from distgan.accel import needs_cpu_flag
 from distgan.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.config import Config, dump_config
 from distgan.ema import EMA
+from distgan.errors import UserError
 from distgan.gan_step import GANStep
 from distgan.models import build_discriminator, build_generator
 from distgan.precision import Precision, accelerate_mixed_precision
@@ -82,6 +82,8 @@ def build_models(cfg: Config, acc: Accelerator) -> tuple[torch.nn.Module, torch.
 
 def train(cfg: Config) -> TrainResult:
     """Train (or resume) the run described by `cfg`; the same code runs in 1 or N processes."""
+    watcher = PreemptionWatcher(cfg.preempt.signals, cfg.preempt.requeue_signals)
+    watcher.install()  # first, so a signal during start-up is not lost
     acc = make_accelerator(cfg, accelerate_mixed_precision(cfg.mixed_precision))
     precision = Precision(cfg.mixed_precision, acc.device)
     run = RunDir(Path(cfg.run.dir), acc)
@@ -105,8 +107,6 @@ def train(cfg: Config) -> TrainResult:
         acc.print(f"resumed from {resume_from} at step {state.step}")
     start_tracking(acc, mode=resolve_mode(cfg.wandb.mode), project=cfg.wandb.project, entity=cfg.wandb.entity,
                    name=cfg.wandb.name, run_dir=run.path, config=cfg.to_dict())
-    watcher = PreemptionWatcher(cfg.preempt.signals)
-    watcher.install()
 
     stream = BatchStream(cfg, acc, state)
     step_fn = GANStep(accelerator=acc, generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d,
@@ -132,6 +132,21 @@ class Loop:
         self.sums: dict[str, torch.Tensor] = {}
         self.window = {"steps": 0, "data_s": 0.0, "t0": time.perf_counter()}  # since the last scalar log
         self.step_seconds = 0.0
+        self.classifier = self._eval_classifier()
+
+    def _eval_classifier(self) -> Path | None:
+        """The feature classifier for in-training evaluation, checked before the first step; named in W&B."""
+        if not self.cfg.eval.every:
+            return None
+        from distgan.evaluation.evaluate import classifier_sha256
+
+        path = Path(self.cfg.eval.classifier or Path(self.cfg.data.dir) / "classifier.pt")
+        if not path.is_file():
+            raise UserError(f"eval.every={self.cfg.eval.every} but there is no classifier at {path}; run "
+                            f"`distgan train-classifier --shards {self.cfg.data.dir}` or set eval.every=0")
+        if self.acc.trackers:
+            self.acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = classifier_sha256(path)
+        return path
 
     def run(self) -> TrainResult:
         start_step, t_start = self.state.step, time.perf_counter()
@@ -180,10 +195,14 @@ class Loop:
         self.rundir.write_rank_report(self.state.step, self.g, self.d)
         acc.wait_for_everyone()
         is_main = acc.is_main_process
-        acc.end_training()  # finishes the W&B run and destroys the process group
+        try:
+            acc.end_training()  # finishes the W&B run and destroys the process group
+        except ConnectionError as e:  # SLURM may already have killed W&B's service process; the checkpoint is safe
+            log.warning("could not finish the W&B run cleanly (%s); `wandb sync` the run directory later", e)
         if status == "preempted":
-            print(f"rank {self.rundir.rank}: preempted by SIG{self.watcher.signal_name}; "
-                  f"checkpoint saved at step {self.state.step}", flush=True)
+            by = f"SIG{self.watcher.signal_name}" if self.watcher.signal_name else "a signal on another rank"
+            print(f"rank {self.rundir.rank}: preempted by {by}; checkpoint saved at step {self.state.step}",
+                  flush=True)
             if is_main:
                 self.watcher.requeue()  # last: on SLURM this ends the job and queues it again
 
@@ -244,12 +263,10 @@ class Loop:
         from distgan.evaluation.evaluate import evaluate_generator
 
         cfg = self.cfg
-        classifier = cfg.eval.classifier or str(Path(cfg.data.dir) / "classifier.pt")
         scores = evaluate_generator(self.acc, self.ema.module, n=cfg.eval.n, seed=cfg.seed + 2,
-                                    classifier_path=classifier, test_split=Path(cfg.data.dir) / "test")
-        numeric = {f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
-        self.acc.log(numeric, step=self.state.step)
-        fid = broadcast_object_list([scores.get("fid", float("inf"))])[0]  # every rank decides alike
+                                    classifier_path=self.classifier, test_split=Path(cfg.data.dir) / "test")
+        self.acc.log({f"eval/{k}": float(v) for k, v in scores.items()}, step=self.state.step)
+        fid = scores["fid"]  # the same on every rank, so all ranks agree on saving `best`
         if self.state.best_fid is None or fid < self.state.best_fid:
             self.state.best_fid = fid
             self._checkpoint(name=BEST)

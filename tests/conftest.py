@@ -103,3 +103,11 @@ def wandb_records(run_dir: Path) -> list[dict]:
 def wandb_history(run_dir: Path) -> list[dict]:
     """The history rows (`_step` and logged keys) of the offline W&B runs of RUN_DIR, in logging order."""
     return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
+
+
+@pytest.fixture(scope="session")
+def eval_classifier(tmp_path_factory, mnist_shards) -> Path:
+    """A feature classifier trained once per session by `distgan train-classifier` on `mnist_shards`."""
+    from eval_support import classifier_file
+
+    return classifier_file(tmp_path_factory, mnist_shards)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, wandb_history
+from conftest import run_cli, wandb_history, wandb_records
 from safetensors.torch import load_file
 
 from distgan.checkpoint import complete_checkpoints
@@ -143,3 +143,30 @@ def test_bad_input_gives_one_line_errors(mnist_shards, tmp_path):
     incomplete.mkdir()
     proc = train(mnist_shards, run, "train.steps=6", "checkpoint.every=5")
     assert "ignoring incomplete checkpoint" in proc.stderr and "resumed from" in proc.stdout + proc.stderr
+
+
+def test_evaluation_during_training_logs_scores_and_keeps_best(mnist_shards, eval_classifier, tmp_path):
+    run = tmp_path / "run"
+    train(mnist_shards, run, "train.steps=20", "eval.every=10", "eval.n=300", f"eval.classifier={eval_classifier}")
+    rows = [r for r in wandb_history(run) if "eval/fid" in r]
+    assert [r["_step"] for r in rows] == [10, 20]
+    for key in ("eval/fid", "eval/kid", "eval/is", "eval/precision", "eval/recall", "eval/classes", "eval/class_kl"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    best = run / "checkpoints" / "best"
+    assert (best / "COMPLETE").is_file()
+    state = json.loads((best / "trainer_state.json").read_text())["state"]
+    assert state["best_fid"] == min(r["eval/fid"] for r in rows)
+    summary = [r for r in wandb_records(run) if r.get("type") == "summary"]
+    assert any("classifier_sha256" in json.dumps(r) for r in summary)
+
+    out = tmp_path / "scores.json"
+    run_cli(["eval", "--checkpoint", str(best), "--n", "300", "--seed", "2", "--classifier", str(eval_classifier),
+             "--json", str(out)], timeout=180)
+    scores = json.loads(out.read_text())
+    assert scores["fid"] == pytest.approx(state["best_fid"], rel=1e-6)  # the trainer evaluates with seed + 2
+
+
+def test_evaluation_without_classifier_is_a_clear_error(mnist_shards, tmp_path):
+    proc = train(mnist_shards, tmp_path / "run", "eval.every=10", f"eval.classifier={tmp_path / 'none.pt'}",
+                 check=False)
+    assert proc.returncode == 2 and "distgan train-classifier" in proc.stderr.strip().splitlines()[-1]
