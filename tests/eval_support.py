@@ -24,7 +24,8 @@ def classifier_file(tmp_path_factory, mnist_shards: Path) -> Path:
     out = tmp_path_factory.getbasetemp() / "eval_classifier" / "classifier.pt"
     if not out.exists():
         # the session's only training: two threads (CI runs tests one at a time)
-        proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out)], timeout=600,
+        proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out), "--epochs", "5"],
+                       timeout=600,
                        env=test_env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2"))
         (out.parent / "train.log").write_text(proc.stdout)
     return out

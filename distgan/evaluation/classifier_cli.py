@@ -24,7 +24,7 @@ MIN_ACCURACY = 0.98
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, help="`distgan prepare` output (with DIR/train, DIR/test)")
     parser.add_argument("--out", default=None, help="output file (default: DIR/classifier.pt)")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64)
 
