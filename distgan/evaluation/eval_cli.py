@@ -122,6 +122,7 @@ def format_table(scores: dict[str, Any], reference: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
+    from distgan.accel import needs_cpu_flag
     from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier
 
     if args.n < 2:
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     classifier, test_split = resolve_paths(args)
     images = load_samples(args.samples, args.n) if args.samples else None
     clf = load_classifier(classifier)
-    accelerator = Accelerator(cpu=False)
+    accelerator = Accelerator(cpu=needs_cpu_flag())
     common = dict(classifier_path=classifier, test_split=test_split, seed=args.seed, batch_size=args.batch_size)
     if images is not None:
         source = f"{len(images)} images from {args.samples}"

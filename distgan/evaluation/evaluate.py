@@ -23,6 +23,7 @@ import torch
 from distgan.errors import UserError
 from distgan.evaluation.classifier import MnistClassifier, embed_images, load_classifier_file, to_input
 from distgan.evaluation.metrics import FeatureSet, compute_metrics
+from distgan.sample import to_uint8
 
 
 @dataclass
@@ -215,7 +216,7 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
         out = g(noise[lo:hi].to(g_device))
         if tuple(out.shape[1:]) != (1, 28, 28):
             raise ValueError(f"generator returned shape {tuple(out.shape)}; expected (B, 1, 28, 28)")
-        return ((out.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
+        return to_uint8(out)
 
     clf = load_classifier(classifier_path)
     was_training = g.training
