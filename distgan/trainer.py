@@ -105,14 +105,14 @@ def train(cfg: Config) -> TrainResult:
             for group in opt.param_groups:
                 group["lr"], group["betas"] = lr, betas
         acc.print(f"resumed from {resume_from} at step {state.step}")
-    start_tracking(acc, mode=resolve_mode(cfg.wandb.mode), project=cfg.wandb.project, entity=cfg.wandb.entity,
-                   name=cfg.wandb.name, run_dir=run.path, config=cfg.to_dict())
-
     stream = BatchStream(cfg, acc, state)
     step_fn = GANStep(accelerator=acc, generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d,
                       precision=precision, loss=cfg.loss.kind, gp_weight=cfg.loss.gp_weight,
                       d_steps=cfg.train.d_steps, z_dim=cfg.model.z_dim, seed=cfg.seed)
     loop = Loop(cfg, acc, run, state, ema, precision, step_fn, stream, watcher, (g, d))
+    # Only now, with the data and the classifier checked, does a W&B run start.
+    start_tracking(acc, mode=resolve_mode(cfg.wandb.mode), project=cfg.wandb.project, entity=cfg.wandb.entity,
+                   name=cfg.wandb.name, run_dir=run.path, config=cfg.to_dict())
     return loop.run()
 
 
@@ -135,7 +135,7 @@ class Loop:
         self.classifier = self._eval_classifier()
 
     def _eval_classifier(self) -> Path | None:
-        """The feature classifier for in-training evaluation, checked before the first step; named in W&B."""
+        """The feature classifier for in-training evaluation, checked before anything starts."""
         if not self.cfg.eval.every:
             return None
         from distgan.evaluation.evaluate import classifier_sha256
@@ -144,11 +144,12 @@ class Loop:
         if not path.is_file():
             raise UserError(f"eval.every={self.cfg.eval.every} but there is no classifier at {path}; run "
                             f"`distgan train-classifier --shards {self.cfg.data.dir}` or set eval.every=0")
-        if self.acc.trackers:
-            self.acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = classifier_sha256(path)
+        self.classifier_sha256 = classifier_sha256(path)
         return path
 
     def run(self) -> TrainResult:
+        if self.classifier is not None and self.acc.trackers:  # scores from other classifiers don't compare
+            self.acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = self.classifier_sha256
         start_step, t_start = self.state.step, time.perf_counter()
         show = self.acc.is_main_process and self.cfg.log.progress
         with tqdm(total=self.cfg.train.steps, initial=start_step, disable=not show, dynamic_ncols=True,

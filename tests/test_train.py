@@ -135,6 +135,7 @@ def test_bad_input_gives_one_line_errors(mnist_shards, tmp_path):
     one_line_error(train(mnist_shards, tmp_path / "a", "train.batch_size=many", check=False), "'train.batch_size'")
     one_line_error(train(mnist_shards, tmp_path / "a", "model.widht=3", check=False), "'model.widht'")
     one_line_error(train(tmp_path / "no_such_data", tmp_path / "b", check=False), "distgan prepare")
+    assert not (tmp_path / "b" / "wandb").exists()  # no W&B run for a run that could not start
     run = tmp_path / "c"
     train(mnist_shards, run, "train.steps=5", "checkpoint.every=5")
     one_line_error(train(mnist_shards, run, "model.arch=dcgan", check=False), "model.arch")
