@@ -117,7 +117,7 @@ start_munge() {
     die "munge does not work after starting munged (see /var/log/munge/munged.log)"
 }
 
-node_state() { sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n1; }
+node_state() { sinfo -h -n "$NODE" -o '%T' 2>/dev/null | sed -n 1p; }  # sed: no SIGPIPE under pipefail
 
 usable() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
 
