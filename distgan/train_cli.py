@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from distgan.config import load_config
 
@@ -21,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from distgan.trainer import train  # heavy imports only once the config is valid
 
     result = train(cfg)
-    if result.status == "finished":
+    if result.status == "finished" and os.environ.get("RANK", "0") == "0":  # once, from the main process
         rate = result.steps_run / result.step_seconds if result.step_seconds else 0.0
         print(f"finished at step {result.step} ({result.steps_run} steps here, {rate:.1f} steps/s, "
               f"{rate * cfg.train.batch_size * cfg.train.d_steps:.0f} images/s per process); "
