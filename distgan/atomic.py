@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,26 +54,3 @@ def write_json_atomic(final: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented, key-sorted JSON to `final` atomically."""
     write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory beside `final`; rename it onto `final` only if the block succeeds.
-
-    An existing `final` is replaced (moved aside, then removed after the rename).
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -15,6 +15,7 @@ from distgan.checkpoint import EMA_FILE, read_checkpoint_config, resolve_checkpo
 from distgan.config import Config, config_from_dict
 from distgan.errors import UserError
 from distgan.models import build_generator
+from distgan.pixels import to_uint8
 from distgan.tracking import grid_image, save_png
 
 
@@ -32,11 +33,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
 def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     """n noise vectors from `seed` alone (CPU generator), whatever the device or world size."""
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """G output in [-1, 1], (B, 1, 28, 28) -> uint8 (B, 28, 28)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
 
 
 @torch.no_grad()

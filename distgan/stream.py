@@ -13,6 +13,7 @@ from distgan.checkpoint import TrainState
 from distgan.config import Config
 from distgan.data import build_loader
 from distgan.errors import UserError
+from distgan.pixels import to_signed
 
 
 class BatchStream:
@@ -41,8 +42,7 @@ class BatchStream:
             batch = next(self._batches, None)
             if batch is not None:
                 self.state.start_sample += self.global_batch
-                images = batch["image"].to(self.acc.device, non_blocking=True)
-                return images.float().div_(127.5).sub_(1.0)
+                return to_signed(batch["image"].to(self.acc.device, non_blocking=True))
             self._batches = None
             self.state.epoch += 1
             self.state.start_sample = 0

@@ -22,6 +22,7 @@ from torch import nn
 
 from distgan.atomic import write_bytes_atomic
 from distgan.errors import UserError
+from distgan.pixels import to_signed
 
 FORMAT = "distgan-mnist-classifier/1"
 NUM_FEATURES = 128
@@ -62,7 +63,7 @@ def to_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.array(images, copy=True)) if isinstance(images, np.ndarray) else images
     if t.dim() == 3:
         t = t.unsqueeze(1)
-    return t.float() / 127.5 - 1.0
+    return to_signed(t)
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -23,7 +23,7 @@ import torch
 from distgan.errors import UserError
 from distgan.evaluation.classifier import MnistClassifier, embed_images, load_classifier_file, to_input
 from distgan.evaluation.metrics import FeatureSet, compute_metrics
-from distgan.sample import to_uint8
+from distgan.pixels import to_uint8
 
 
 @dataclass
