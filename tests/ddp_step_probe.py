@@ -11,12 +11,12 @@ import torch
 from accelerate import Accelerator
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from distgan.accel import needs_cpu_flag
+from distgan.collectives import needs_cpu_flag
 from distgan.config import ModelConfig
-from distgan.gan_step import GANStep
-from distgan.models import build_discriminator, build_generator
-from distgan.precision import Precision
-from distgan.run_dir import state_sha256, sync_buffers
+from distgan.training.gan_step import GANStep
+from distgan.training.models import build_discriminator, build_generator
+from distgan.training.precision import Precision
+from distgan.training.run_dir import state_sha256, sync_buffers
 
 
 def main(out_dir: Path) -> None:

@@ -16,9 +16,9 @@ import pytest
 from conftest import free_port, run_cli
 from conftest import test_env as child_env  # aliased: pytest would collect a `test_*` name
 
+from distgan.data.idx import DEFAULT_MIRRORS, FILES, OFFICIAL_MD5, download_mnist, resolve_mirrors
+from distgan.data.prepare import prepare
 from distgan.errors import UserError
-from distgan.mnist import DEFAULT_MIRRORS, FILES, OFFICIAL_MD5, download_mnist, resolve_mirrors
-from distgan.prepare import prepare
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

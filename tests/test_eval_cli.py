@@ -10,8 +10,8 @@ from conftest import run_cli
 from eval_support import classifier_file
 
 from distgan.errors import UserError
-from distgan.evaluation.eval_cli import load_samples
 from distgan.evaluation.evaluate import load_split_images
+from distgan.evaluation.report import load_samples
 
 
 @pytest.fixture(scope="session")

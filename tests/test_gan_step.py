@@ -8,9 +8,9 @@ import torch
 from accelerate import Accelerator
 
 from distgan.config import ModelConfig
-from distgan.gan_step import GANStep, noise_generator
-from distgan.models import build_discriminator, build_generator
-from distgan.precision import Precision
+from distgan.training.gan_step import GANStep, noise_generator
+from distgan.training.models import build_discriminator, build_generator
+from distgan.training.precision import Precision
 
 # CUDA runs on a GPU machine only, in its own pytest process (`-k cuda`): Accelerate's state is per process.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from distgan.data import build_loader, epoch_order, load_split, samples_per_epoch
+from distgan.data.idx import FILES, parse_idx
+from distgan.data.prepare import prepare
 from distgan.errors import UserError
-from distgan.mnist import FILES, parse_idx
-from distgan.prepare import prepare
 
 B = 64
 
@@ -200,18 +200,14 @@ def test_missing_manifest(tmp_path):
 
 
 def test_bench_data_output(mnist_shards, capsys):
-    import argparse
+    from distgan.cli import main
 
-    from distgan.bench import data_bench
-
-    parser = argparse.ArgumentParser()
-    data_bench.add_arguments(parser)
     for shards, extra in ((mnist_shards, []), (mnist_shards / "test", ["--no-encodings"])):
-        args = parser.parse_args(["--shards", str(shards), "--min-seconds", "0.01", "--workers", "0,2", *extra])
-        assert data_bench.run(args) == 0
+        assert main(["bench", "data", "--shards", str(shards), "--min-seconds", "0.01", "--workers", "0,2",
+                     *extra]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert lines[-2].startswith("data_ratio=") and float(lines[-2].split("=")[1]) > 0
         assert lines[-1].startswith("loader_img_per_s=") and float(lines[-1].split("=")[1]) > 0
         assert sum("build_loader" in line for line in lines) == 2
-    with pytest.raises(UserError, match="manifest"):
-        data_bench.run(parser.parse_args(["--shards", str(mnist_shards.parent)]))
+    assert main(["bench", "data", "--shards", str(mnist_shards.parent)]) == 2
+    assert "manifest" in capsys.readouterr().err

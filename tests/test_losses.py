@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distgan.losses import d_loss, g_loss, gradient_penalty, interpolate, penalty_of
+from distgan.training.losses import d_loss, g_loss, gradient_penalty, interpolate, penalty_of
 
 
 def test_bce_matches_binary_cross_entropy_with_logits():

@@ -1,4 +1,4 @@
-"""IDX parsing and validation of the four MNIST files (distgan.mnist)."""
+"""IDX parsing and validation of the four MNIST files (distgan.data.idx)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from distgan.data.idx import FILES, find_raw_files, load_pair, parse_idx
 from distgan.errors import UserError
-from distgan.mnist import FILES, find_raw_files, load_pair, parse_idx
 
 TRAIN_CLASS_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]  # ../shared/data/mnist/README.md
 

@@ -1,4 +1,4 @@
-"""Unit tests of distgan.preemption: signal parsing, the flag-only handler, the all-ranks agreement
+"""Unit tests of distgan.training.preemption: signal parsing, the flag-only handler, the all-ranks agreement
 (2 gloo processes) and `scontrol requeue` (a fake scontrol on PATH)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import PYTHON, REPO, free_port
 from conftest import test_env as child_env  # not collected as a test
 
 from distgan.errors import UserError
-from distgan.preemption import PreemptionWatcher, parse_signal, slurm_job_id
+from distgan.training.preemption import PreemptionWatcher, parse_signal, slurm_job_id
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -73,7 +73,7 @@ def test_install_outside_main_thread_refused():
 
 def test_handler_overrides_an_inherited_sig_ign():
     """train.sbatch starts the launcher with USR1 ignored; the training process must still catch it."""
-    code = ("import os, signal; from distgan.preemption import PreemptionWatcher\n"
+    code = ("import os, signal; from distgan.training.preemption import PreemptionWatcher\n"
             "assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN\n"
             "w = PreemptionWatcher(['USR1']); w.install(); os.kill(os.getpid(), signal.SIGUSR1)\n"
             "print('flag', w.local_flag, w.signal_name)\n")
@@ -87,7 +87,7 @@ _AGREE = """
 import os, signal, sys
 from types import SimpleNamespace
 import torch, torch.distributed as dist
-from distgan.preemption import PreemptionWatcher
+from distgan.training.preemption import PreemptionWatcher
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
 acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"))

@@ -10,8 +10,8 @@ import numpy as np
 import webdataset as wds
 from conftest import run_cli
 
-from distgan.mnist import FILES, parse_idx
-from distgan.prepare import prepare
+from distgan.data.idx import FILES, parse_idx
+from distgan.data.prepare import prepare
 
 README_MD5 = {  # ../shared/data/mnist/README.md
     "train-images-idx3-ubyte.gz": "a7278cb56fa770ea9c924dbe240b8f8c",

@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli, wandb_history, wandb_records
 from safetensors.torch import load_file
 
-from distgan.checkpoint import complete_checkpoints
+from distgan.training.checkpoint import complete_checkpoints
 
 DEBUG = "configs/debug.yaml"
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO, accelerate_launch, wandb_history
 from test_train import assert_same_weights, final_weights
 
-from distgan.checkpoint import complete_checkpoints
-from distgan.run_dir import read_rank_reports
+from distgan.training.checkpoint import complete_checkpoints
+from distgan.training.run_dir import read_rank_reports
 
 pytestmark = pytest.mark.slow
 

@@ -169,8 +169,41 @@ def load_classifier_file(path: str | Path) -> tuple[MnistClassifier, dict[str, A
     return model, blob
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(fn(), seconds it took)."""
+def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, epochs: int = 10, seed: int = 0,
+                         batch_size: int = 64, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the feature classifier on DIR/train, test it on DIR/test, and save it (default
+    DIR/classifier.pt) with its sha256, the test features and the reference scores of real data.
+    Returns {"path", "sha256", "accuracy", "seconds", "reference", "reference_test_is"}."""
+    from distgan.evaluation.evaluate import load_split_images, split_fingerprint
+    from distgan.evaluation.metrics import FeatureSet, compute_metrics, inception_score
+
+    shards = Path(shards)
+    for split in ("train", "test"):
+        if not (shards / split).is_dir():
+            raise UserError(f"{shards / split} not found; --shards must be the output of `distgan prepare` "
+                            f"(with DIR/train, DIR/test and DIR/manifest.json)")
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    out = Path(out) if out else shards / "classifier.pt"
+    train_x, train_y = load_split_images(shards / "train")
+    test_x, test_y = load_split_images(shards / "test")
+    log(f"training the classifier on {len(train_x)} digits ({epochs} epochs, seed {seed}, "
+        f"{torch.get_num_threads()} threads)")
     t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+    model = train_classifier(train_x, train_y, epochs=epochs, seed=seed, batch_size=batch_size,
+                             log=lambda s: log("  " + s))
+    seconds = time.perf_counter() - t0
+    acc = accuracy(model, test_x, test_y)
+    test = FeatureSet(*embed_images(model, test_x))
+    train = FeatureSet(*embed_images(model, train_x))
+    reference = compute_metrics(test, train, seed=0)
+    test_is = inception_score(test.logits, seed=0)[0]
+    sha = save_classifier(
+        out, model,
+        test_accuracy=acc, train_seconds=seconds, epochs=epochs, seed=seed,
+        test_split=str((shards / "test").resolve()), test_split_fingerprint=split_fingerprint(shards / "test"),
+        test_features=test.features, test_logits=test.logits, test_labels=torch.as_tensor(test_y),
+        reference=reference, reference_test_is=test_is, torch_version=str(torch.__version__),
+    )
+    return {"path": out, "sha256": sha, "accuracy": acc, "seconds": seconds, "reference": reference,
+            "reference_test_is": test_is, "test_size": len(test_x)}

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from distgan.data.idx import COLS, ROWS
+from distgan.data.prepare import read_manifest, read_shard, sha256_file
 from distgan.errors import UserError
-from distgan.mnist import COLS, ROWS
-from distgan.prepare import read_manifest, read_shard, sha256_file
 
 # path -> (size, mtime_ns, inode, sha256) of shards already hashed in this process, so that building
 # the loader again each epoch does not re-hash unchanged files.

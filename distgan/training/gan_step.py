@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from distgan.losses import d_loss, g_loss, gradient_penalty, interpolate
-from distgan.precision import Precision
+from distgan.training.losses import d_loss, g_loss, gradient_penalty, interpolate
+from distgan.training.precision import Precision
 
 
 def noise_generator(seed: int, rank: int, step: int, phase: int, device: torch.device) -> torch.Generator:

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
-    from distgan.trainer import train  # heavy imports only once the config is valid
+    from distgan.training.trainer import train  # heavy imports only once the config is valid
 
     result = train(cfg)
     if result.status == "finished" and os.environ.get("RANK", "0") == "0":  # once, from the main process

@@ -16,10 +16,8 @@ and Python overhead; see the README's data section for the measurements.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,7 @@ import numpy as np
 import webdataset as wds
 
 from distgan.atomic import atomic_path
-from distgan.errors import UserError
-from distgan.mnist import (
+from distgan.data.idx import (
     COLS,
     FILES,
     OFFICIAL_MD5,
@@ -41,6 +38,7 @@ from distgan.mnist import (
     resolve_mirrors,
     umask_mode,
 )
+from distgan.errors import UserError
 
 FORMAT = "distgan-mnist-shards"
 FORMAT_VERSION = 1
@@ -242,25 +240,6 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
         umask_mode(tmp)
     log(f"wrote {out / 'manifest.json'}")
     return manifest
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `distgan prepare`."""
-    parser.add_argument("--out", required=True, type=Path, help="output directory (shards + manifest.json)")
-    parser.add_argument("--raw-dir", type=Path, default=None,
-                        help="read the four MNIST IDX files (gzipped or not) from here; no download")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--mirror", action="append", default=None, metavar="URL",
-                        help="download mirror (repeatable, tried in order); default: $DISTGAN_MNIST_MIRRORS "
-                             "(comma separated) or the known public mirrors")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `distgan prepare`."""
-    prepare(args.out, raw_dir=args.raw_dir, mirrors=args.mirror, shard_size=args.shard_size,
-            progress=True, log=lambda s: print(s, file=sys.stdout, flush=True))
-    return 0
 
 
 __all__ = ["prepare", "read_manifest", "verify_split", "read_shard", "write_shard", "decode_pack",

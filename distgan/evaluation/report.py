@@ -1,13 +1,8 @@
-"""`distgan eval`: score a checkpoint's EMA generator or a samples file against the real test split.
-
-Prints a table of FID, KID, MNIST score, precision/recall and class coverage beside the reference
-scores of real data (train vs test) saved in the classifier file; `--json` writes the scores. Also runs
-under `accelerate launch`: every rank generates and featurizes its share, the main process reports.
-"""
+"""Scoring reports: read a samples file, score a checkpoint or samples, and format the table that
+`distgan eval` prints beside the reference scores of real data."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import zipfile
 from pathlib import Path
@@ -15,25 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from distgan.atomic import write_json_atomic
 from distgan.errors import UserError
 
 FORMAT_HINT = "save uint8 images N x 28 x 28 with numpy.savez(FILE, images=images)"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="checkpoint directory, or a run directory (its latest)")
-    src.add_argument("--samples", help=".npz with key `images`: uint8 N x 28 x 28 (any generator's output)")
-    parser.add_argument("--n", type=int, default=10000, help="number of samples (default 10000; with "
-                        "--samples, the first n of the file)")
-    parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
-    parser.add_argument("--shards", default=None, help="`distgan prepare` output; the real reference is "
-                        "DIR/test, the classifier DIR/classifier.pt")
-    parser.add_argument("--classifier", default=None, help="classifier file (default DIR/classifier.pt); "
-                        "without --shards, the test features cached in it are the reference")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed for --checkpoint, and metric seed")
-    parser.add_argument("--batch-size", type=int, default=500)
 
 
 def load_samples(path: str | Path, n: int | None = None) -> np.ndarray:
@@ -65,11 +44,11 @@ def load_samples(path: str | Path, n: int | None = None) -> np.ndarray:
     return images
 
 
-def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path | None]:
+def resolve_paths(shards: str | Path | None, classifier: str | Path | None) -> tuple[Path, Path | None]:
     """(classifier file, real test split or None for the one cached in the classifier file)."""
-    shards = Path(args.shards) if args.shards else None
-    if args.classifier:
-        classifier = Path(args.classifier)
+    shards = Path(shards) if shards else None
+    if classifier:
+        classifier = Path(classifier)
     elif shards is not None:
         classifier = shards / "classifier.pt"
     else:
@@ -119,40 +98,34 @@ def format_table(scores: dict[str, Any], reference: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from accelerate import Accelerator
+def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: str | Path | None = None,
+          n: int = 10000, shards: str | Path | None = None, classifier: str | Path | None = None,
+          seed: int = 0, batch_size: int = 500) -> dict[str, Any]:
+    """Collective: score a checkpoint's EMA G (n samples from `seed`) or a samples file (its first n).
 
-    from distgan.accel import needs_cpu_flag
+    Returns the scores plus `classifier_sha256`, `reference` (real train vs test), `source`, `real`
+    (what the samples were compared with) and `num_processes`; the same dict on every rank.
+    """
     from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier
 
-    if args.n < 2:
-        raise UserError(f"--n must be at least 2, got {args.n}")
-    classifier, test_split = resolve_paths(args)
-    images = load_samples(args.samples, args.n) if args.samples else None
-    clf = load_classifier(classifier)
-    accelerator = Accelerator(cpu=needs_cpu_flag())
-    common = dict(classifier_path=classifier, test_split=test_split, seed=args.seed, batch_size=args.batch_size)
+    if n < 2:
+        raise UserError(f"--n must be at least 2, got {n}")
+    if (checkpoint is None) == (samples is None):
+        raise UserError("score either a checkpoint or a samples file")
+    classifier_path, test_split = resolve_paths(shards, classifier)
+    images = load_samples(samples, n) if samples is not None else None
+    clf = load_classifier(classifier_path)
+    common = dict(classifier_path=classifier_path, test_split=test_split, seed=seed, batch_size=batch_size)
     if images is not None:
-        source = f"{len(images)} images from {args.samples}"
+        source = f"{len(images)} images from {samples}"
         scores = evaluate_images(accelerator, images, **common)
     else:
-        from distgan.sample import load_generator
+        from distgan.training.sampling import load_generator
 
-        generator, _ = load_generator(args.checkpoint, accelerator.device)
-        source = f"{args.n} samples (seed {args.seed}) from {args.checkpoint}"
-        scores = evaluate_generator(accelerator, generator, n=args.n, **common)
-    if not accelerator.is_main_process:
-        return 0
-    reference = clf.reference
-    real = f"{test_split}" if test_split is not None else f"test features cached in {classifier}"
-    print(f"scored {source} on {accelerator.num_processes} process(es)")
-    print(format_table(scores, reference))
-    if reference and int(reference["n"]) != int(scores["n"]):
-        print(f"note: FID and KID depend on the sample count; the reference used n={int(reference['n'])}")
-    print(f"real data: {real}; classifier {classifier} sha256 {clf.sha256}")
-    if args.json:
-        out = {**scores, "classifier_sha256": clf.sha256, "reference": reference,
-               "source": str(args.samples or args.checkpoint)}
-        write_json_atomic(args.json, out)
-        print(f"wrote {args.json}")
-    return 0
+        generator, _ = load_generator(checkpoint, accelerator.device)
+        source = f"{n} samples (seed {seed}) from {checkpoint}"
+        scores = evaluate_generator(accelerator, generator, n=n, **common)
+    real = f"{test_split}" if test_split is not None else f"test features cached in {classifier_path}"
+    return {**scores, "classifier_sha256": clf.sha256, "classifier": str(classifier_path),
+            "reference": clf.reference, "source": source, "real": real,
+            "num_processes": accelerator.num_processes}

@@ -14,12 +14,12 @@ from distgan.errors import UserError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("distgan.prepare", "download or read MNIST and write webdataset shards"),
-    "train": ("distgan.train_cli", "train a GAN (also under `accelerate launch`)"),
-    "sample": ("distgan.sample", "write images from a checkpoint's EMA generator"),
-    "train-classifier": ("distgan.evaluation.classifier_cli", "train the MNIST feature classifier"),
-    "eval": ("distgan.evaluation.eval_cli", "score a checkpoint or a samples file (FID, KID, IS, ...)"),
-    "bench": ("distgan.bench", "benchmarks: `bench data`, `bench train`"),
+    "prepare": ("distgan.cli.prepare", "download or read MNIST and write webdataset shards"),
+    "train": ("distgan.cli.train", "train a GAN (also under `accelerate launch`)"),
+    "sample": ("distgan.cli.sample", "write images from a checkpoint's EMA generator"),
+    "train-classifier": ("distgan.cli.train_classifier", "train the MNIST feature classifier"),
+    "eval": ("distgan.cli.eval", "score a checkpoint or a samples file (FID, KID, IS, ...)"),
+    "bench": ("distgan.cli.bench", "benchmarks: `bench data`, `bench train`"),
 }
 
 

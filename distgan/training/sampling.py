@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -11,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from distgan.atomic import write_bytes_atomic
-from distgan.checkpoint import EMA_FILE, read_checkpoint_config, resolve_checkpoint
 from distgan.config import Config, config_from_dict
 from distgan.errors import UserError
-from distgan.models import build_generator
 from distgan.pixels import to_uint8
-from distgan.tracking import grid_image, save_png
+from distgan.training.checkpoint import EMA_FILE, read_checkpoint_config, resolve_checkpoint
+from distgan.training.models import build_generator
+from distgan.training.tracking import grid_image, save_png
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
@@ -46,27 +45,19 @@ def generate_images(generator: torch.nn.Module, z: torch.Tensor, batch_size: int
     return torch.cat(out) if out else torch.empty(0, 28, 28, dtype=torch.uint8)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
-    parser.add_argument("--n", type=int, default=64, help="number of images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output .npz (key `images`, uint8 N x 28 x 28)")
-    parser.add_argument("--grid", default=None, help="also write a PNG grid of the images")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
-    if not str(args.out).endswith(".npz"):
-        raise UserError(f"--out {args.out}: the output must be a .npz file")
-    g, _ = load_generator(args.checkpoint, args.device)
-    images = generate_images(g, fixed_noise(args.n, g.z_dim, args.seed)).numpy()
+def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path, grid: str | Path | None = None,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Generate `n` images from a checkpoint's EMA G with noise from `seed`; write them to `out` (.npz, key
+    `images`) and optionally a PNG grid, both atomically. Returns the uint8 images."""
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    if not str(out).endswith(".npz"):
+        raise UserError(f"--out {out}: the output must be a .npz file")
+    g, _ = load_generator(checkpoint, device)
+    images = generate_images(g, fixed_noise(n, g.z_dim, seed)).numpy()
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images)
-    write_bytes_atomic(args.out, buf.getvalue())
-    print(f"wrote {len(images)} images to {args.out}")
-    if args.grid:
-        save_png(Path(args.grid), grid_image(images, nrow=int(np.ceil(np.sqrt(len(images))))))
-        print(f"wrote grid to {args.grid}")
-    return 0
+    write_bytes_atomic(out, buf.getvalue())
+    if grid:
+        save_png(Path(grid), grid_image(images, nrow=int(np.ceil(np.sqrt(len(images))))))
+    return images

@@ -3,9 +3,9 @@ model, loss and batches, measured in the same run (these machines are shared and
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from distgan.config import load_config
 from distgan.data import build_loader
 from distgan.errors import UserError
-from distgan.models import MLPDiscriminator, MLPGenerator
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", default="data/mnist", help="output of `distgan prepare` (default data/mnist)")
-    parser.add_argument("--batch-sizes", default="64,256", help="comma-separated per-process batch sizes")
-    parser.add_argument("--steps", type=int, default=300, help="G steps per measurement")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
+from distgan.training.models import MLPDiscriminator, MLPGenerator
 
 
 def plain_loop(shards: Path, batch_size: int, steps: int, device: str, seed: int = 0) -> float:
@@ -61,7 +54,7 @@ def plain_loop(shards: Path, batch_size: int, steps: int, device: str, seed: int
 
 def distgan_loop(shards: Path, batch_size: int, steps: int, work: Path) -> float:
     """The distgan trainer on the seed MLP config, no logging: seconds its `steps` iterations took."""
-    from distgan.trainer import train
+    from distgan.training.trainer import train
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mnist_mlp.yaml", [
         f"data.dir={shards}", f"run.dir={work}", f"train.steps={steps}", f"train.batch_size={batch_size}",
@@ -72,24 +65,24 @@ def distgan_loop(shards: Path, batch_size: int, steps: int, work: Path) -> float
     return result.step_seconds
 
 
-def run(args: argparse.Namespace) -> int:
-    shards = Path(args.shards)
+def bench_train(shards: Path, *, batch_sizes: Sequence[int] = (64, 256), steps: int = 300, repeats: int = 2) -> float:
+    """Print plain vs distgan steps/s per batch size and, last, `train_ratio=` (the worst); return it."""
+    shards = Path(shards)
     if not (shards / "train").is_dir():
         raise UserError(f"--shards {shards}: no train/ split; run `distgan prepare --out {shards}` first")
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where the trainer runs too
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {where}, {args.steps} steps per measurement")
+    print(f"torch {torch.__version__} on {where}, {steps} steps per measurement")
     print(f"{'batch':>6} {'plain steps/s':>14} {'distgan steps/s':>16} {'ratio':>7}")
     ratios = []
-    for batch in sizes:
+    for batch in batch_sizes:
         plain, ours = [], []
-        for _ in range(args.repeats):
-            plain.append(args.steps / plain_loop(shards, batch, args.steps, device))
+        for _ in range(repeats):
+            plain.append(steps / plain_loop(shards, batch, steps, device))
             with tempfile.TemporaryDirectory() as work:
-                ours.append(args.steps / distgan_loop(shards, batch, args.steps, Path(work) / "run"))
+                ours.append(steps / distgan_loop(shards, batch, steps, Path(work) / "run"))
         ratio = max(ours) / max(plain)
         ratios.append(ratio)
         print(f"{batch:>6} {max(plain):>14.1f} {max(ours):>16.1f} {ratio:>7.3f}", flush=True)
     print(f"train_ratio={min(ratios):.3f}")
-    return 0
+    return min(ratios)

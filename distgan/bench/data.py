@@ -7,9 +7,8 @@ webdataset's own encoders/decoders, which is why the shards hold packed raw byte
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,45 +111,30 @@ def _decode_costs(split_dir: Path, n: int) -> list[tuple[str, float, int]]:
     return rows
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `distgan bench data`."""
-    parser.add_argument("--shards", required=True, type=Path,
-                        help="`distgan prepare` output dir (uses --split) or a split dir such as DIR/train")
-    parser.add_argument("--split", default="train", help="split to read when --shards is the prepare output")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", default="0,2", help="comma-separated loader worker counts (default 0,2)")
-    parser.add_argument("--min-seconds", type=float, default=2.0, help="minimum time per measurement")
-    parser.add_argument("--no-encodings", action="store_true",
-                        help="skip the per-encoding decode table and the one-sample-per-image baseline")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the tables, `data_ratio=` and, last, `loader_img_per_s=`."""
-    split_dir = _split_dir(args.shards, args.split)
-    try:
-        workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    except ValueError as e:
-        raise UserError(f"--workers {args.workers!r}: expected comma-separated integers such as 0,2") from e
+def bench_data(shards: Path, *, split: str = "train", batch_size: int = 256, workers: Sequence[int] = (0, 2),
+               min_seconds: float = 2.0, encodings: bool = True) -> float:
+    """Print the tables, `data_ratio=` and, last, `loader_img_per_s=`; return the best loader images/s."""
+    split_dir = _split_dir(Path(shards), split)
     n = samples_per_epoch(split_dir)
     torch.set_num_threads(1)
-    print(f"distgan bench data: {split_dir} ({n} samples), batch {args.batch_size}, "
-          f">= {args.min_seconds:g} s per row, torch threads 1")
-    if not args.no_encodings:
+    print(f"distgan bench data: {split_dir} ({n} samples), batch {batch_size}, "
+          f">= {min_seconds:g} s per row, torch threads 1")
+    if encodings:
         print("\n| sample encoding | decode us/image | bytes/image |\n| --- | ---: | ---: |")
         for name, us, size in _decode_costs(split_dir, min(n, 2000)):
             print(f"| {name} | {us:.2f} | {size} |")
     print("\n| source | images/s | epochs | seconds |\n| --- | ---: | ---: | ---: |")
     best = 0.0
     for w in workers:
-        rate, epochs, seconds = _loader_rate(split_dir, args.batch_size, w, args.min_seconds)
+        rate, epochs, seconds = _loader_rate(split_dir, batch_size, w, min_seconds)
         best = max(best, rate)
         print(f"| build_loader, {w} workers | {rate:,.0f} | {epochs} | {seconds:.2f} |", flush=True)
-    if not args.no_encodings:
-        rate, epochs, seconds = _per_sample_wds_rate(split_dir, args.batch_size, args.min_seconds)
+    if encodings:
+        rate, epochs, seconds = _per_sample_wds_rate(split_dir, batch_size, min_seconds)
         print(f"| (baseline) plain webdataset, one tar sample per image, 0 workers | {rate:,.0f} | {epochs} | "
               f"{seconds:.2f} |", flush=True)
-    mem, epochs, seconds = _memory_rate(split_dir, args.batch_size, args.min_seconds)
+    mem, epochs, seconds = _memory_rate(split_dir, batch_size, min_seconds)
     print(f"| in-memory uint8 tensor, random batches | {mem:,.0f} | {epochs} | {seconds:.2f} |")
     print(f"\ndata_ratio={best / mem:.3f}")
     print(f"loader_img_per_s={best:.0f}")
-    return 0
+    return best

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from distgan.checkpoint import TrainState
 from distgan.config import Config
-from distgan.data import build_loader
+from distgan.data.loader import build_loader
 from distgan.errors import UserError
 from distgan.pixels import to_signed
+from distgan.training.checkpoint import TrainState
 
 
 class BatchStream:

@@ -18,24 +18,24 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from distgan.accel import needs_cpu_flag
-from distgan.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from distgan.collectives import needs_cpu_flag
 from distgan.config import Config, dump_config
-from distgan.ema import EMA
+from distgan.data.stream import BatchStream
 from distgan.errors import UserError
-from distgan.gan_step import GANStep
-from distgan.models import build_discriminator, build_generator
-from distgan.precision import Precision, accelerate_mixed_precision
-from distgan.preemption import PreemptionWatcher
-from distgan.run_dir import (
+from distgan.training.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from distgan.training.ema import EMA
+from distgan.training.gan_step import GANStep
+from distgan.training.models import build_discriminator, build_generator
+from distgan.training.precision import Precision, accelerate_mixed_precision
+from distgan.training.preemption import PreemptionWatcher
+from distgan.training.run_dir import (
     DivergedError,
     RunDir,
     check_consistency,
     parameters_finite,
     resolve_resume,
 )
-from distgan.stream import BatchStream
-from distgan.tracking import grid_image, resolve_mode, save_png, start_tracking, wandb_image
+from distgan.training.tracking import grid_image, resolve_mode, save_png, start_tracking, wandb_image
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class Loop:
         """Main process: a grid of EMA-G samples from fixed noise, as PNG in the run dir and to W&B."""
         if not self.acc.is_main_process:
             return
-        from distgan.sample import generate_images
+        from distgan.training.sampling import generate_images
 
         images = generate_images(self.ema.module, self.grid_noise).numpy()
         grid = grid_image(images, nrow=self.cfg.log.grid_size)

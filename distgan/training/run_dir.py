@@ -13,9 +13,9 @@ import yaml
 from accelerate.utils import gather_object
 
 from distgan.atomic import write_json_atomic, write_text_atomic
-from distgan.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
 from distgan.config import Config, config_from_dict, dump_config, model_fingerprint
 from distgan.errors import UserError
+from distgan.training.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
 
 
 class DivergedError(UserError):

@@ -1,0 +1,51 @@
+"""`distgan bench {data,train}`: benchmarks that print ratios against a baseline measured in the same run
+(distgan.bench.data, distgan.bench.train)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distgan.errors import UserError
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated integers such as 0,2") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One sub-parser per benchmark."""
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    p = sub.add_parser("data", help="loader images/s against in-memory slicing")
+    p.add_argument("--shards", required=True, type=Path,
+                   help="`distgan prepare` output dir (uses --split) or a split dir such as DIR/train")
+    p.add_argument("--split", default="train", help="split to read when --shards is the prepare output")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", default="0,2", help="comma-separated loader worker counts (default 0,2)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="minimum time per measurement")
+    p.add_argument("--no-encodings", action="store_true",
+                   help="skip the per-encoding decode table and the one-sample-per-image baseline")
+    p = sub.add_parser("train", help="trainer steps/s against a plain PyTorch loop")
+    p.add_argument("--shards", default="data/mnist", help="output of `distgan prepare` (default data/mnist)")
+    p.add_argument("--batch-sizes", default="64,256", help="comma-separated per-process batch sizes")
+    p.add_argument("--steps", type=int, default=300, help="G steps per measurement")
+    p.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark."""
+    if args.bench == "data":
+        from distgan.bench.data import bench_data
+
+        bench_data(args.shards, split=args.split, batch_size=args.batch_size,
+                   workers=_ints(args.workers, "--workers"), min_seconds=args.min_seconds,
+                   encodings=not args.no_encodings)
+    else:
+        from distgan.bench.train import bench_train
+
+        bench_train(Path(args.shards), batch_sizes=_ints(args.batch_sizes, "--batch-sizes"), steps=args.steps,
+                    repeats=args.repeats)
+    return 0

@@ -1,0 +1,53 @@
+"""`distgan eval`: score a checkpoint's EMA generator or a samples file against the real test split.
+
+Prints a table of FID, KID, MNIST score, precision/recall and class coverage beside the reference
+scores of real data (train vs test) saved in the classifier file; `--json` writes the scores. Also runs
+under `accelerate launch`: every rank generates and featurizes its share, the main process reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from distgan.atomic import write_json_atomic
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint directory, or a run directory (its latest)")
+    src.add_argument("--samples", help=".npz with key `images`: uint8 N x 28 x 28 (any generator's output)")
+    parser.add_argument("--n", type=int, default=10000, help="number of samples (default 10000; with "
+                        "--samples, the first n of the file)")
+    parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
+    parser.add_argument("--shards", default=None, help="`distgan prepare` output; the real reference is "
+                        "DIR/test, the classifier DIR/classifier.pt")
+    parser.add_argument("--classifier", default=None, help="classifier file (default DIR/classifier.pt); "
+                        "without --shards, the test features cached in it are the reference")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed for --checkpoint, and metric seed")
+    parser.add_argument("--batch-size", type=int, default=500)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from distgan.collectives import needs_cpu_flag
+    from distgan.evaluation.report import format_table, score
+
+    accelerator = Accelerator(cpu=needs_cpu_flag())
+    result = score(accelerator, checkpoint=args.checkpoint, samples=args.samples, n=args.n, shards=args.shards,
+                   classifier=args.classifier, seed=args.seed, batch_size=args.batch_size)
+    if not accelerator.is_main_process:
+        return 0
+    reference = result["reference"]
+    print(f"scored {result['source']} on {result['num_processes']} process(es)")
+    print(format_table(result, reference))
+    if reference and int(reference["n"]) != int(result["n"]):
+        print(f"note: FID and KID depend on the sample count; the reference used n={int(reference['n'])}")
+    print(f"real data: {result['real']}; classifier {result['classifier']} sha256 {result['classifier_sha256']}")
+    if args.json:
+        keep = ("source", "real", "num_processes", "classifier")
+        out = {k: v for k, v in result.items() if k not in keep}
+        out["source"] = str(args.samples or args.checkpoint)
+        write_json_atomic(args.json, out)
+        print(f"wrote {args.json}")
+    return 0

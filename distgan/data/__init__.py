@@ -1,0 +1,6 @@
+"""The data path: sources (IDX files, downloads) -> `prepare` -> webdataset shards (`shards`) -> the
+exactly-once loader (`loader`) -> the trainer's endless batch stream (`stream`)."""
+
+from distgan.data.loader import build_loader, epoch_order, load_split, samples_per_epoch
+
+__all__ = ["build_loader", "epoch_order", "load_split", "samples_per_epoch"]
