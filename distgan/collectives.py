@@ -1,10 +1,19 @@
-"""Small facts about the process environment that Accelerate needs to be told."""
+"""Collectives and process-group facts: how CPU processes join (gloo), flags every rank agrees on,
+buffer sync, replica consistency and the finite-weights check.
+
+Every function taking an `accelerator` is a collective when there are several processes: all ranks
+must call it at the same point.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
+from accelerate.utils import gather_object
+
+from distgan.hashing import state_dict_sha256
 
 
 def needs_cpu_flag() -> bool:
@@ -16,3 +25,43 @@ def needs_cpu_flag() -> bool:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return world > 1 and not torch.cuda.is_available()
+
+
+def max_over_ranks(accelerator: Any, value: int) -> int:
+    """The largest of every rank's integer `value` (the value itself in one process)."""
+    if int(getattr(accelerator, "num_processes", 1)) <= 1:
+        return int(value)
+    code = torch.tensor([int(value)], dtype=torch.int64, device=accelerator.device)
+    torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
+    return int(code.item())
+
+
+def sync_buffers(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+    DDP's `broadcast_buffers` does exactly this at the start of the next forward, so doing it before a
+    checkpoint or a consistency check changes nothing in training; it only makes the replicas comparable.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for model in models:
+        for buf in accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buf, src=0)
+
+
+def check_consistency(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> None:
+    """Raise if any rank's weights differ from rank 0's (DDP should keep them identical)."""
+    if accelerator.num_processes == 1:
+        return
+    sync_buffers(accelerator, models)
+    mine = [state_dict_sha256(accelerator.unwrap_model(m)) for m in models]
+    everyone = gather_object([mine])
+    bad = [r for r, digests in enumerate(everyone) if digests != everyone[0]]
+    if bad:
+        raise RuntimeError(f"weights differ between rank 0 and ranks {bad}: the DDP replicas diverged")
+
+
+def parameters_finite(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> bool:
+    """True if every parameter on every rank is finite."""
+    ok = all(bool(torch.isfinite(p).all()) for m in models for p in m.parameters())
+    return max_over_ranks(accelerator, 0 if ok else 1) == 0

@@ -11,12 +11,12 @@ import torch
 from accelerate import Accelerator
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from distgan.collectives import needs_cpu_flag
+from distgan.collectives import needs_cpu_flag, sync_buffers
 from distgan.config import ModelConfig
+from distgan.hashing import state_dict_sha256
 from distgan.training.gan_step import GANStep
 from distgan.training.models import build_discriminator, build_generator
 from distgan.training.precision import Precision
-from distgan.training.run_dir import state_sha256, sync_buffers
 
 
 def main(out_dir: Path) -> None:
@@ -44,17 +44,17 @@ def main(out_dir: Path) -> None:
     fake = g(torch.randn(8, 8, generator=torch.Generator().manual_seed(10 + acc.process_index)))
     step._d_step(real, fake.detach(), torch.Generator().manual_seed(0), want_norm=False)
     after_d = dict(calls)
-    d_before_g = state_sha256(acc.unwrap_model(d))
+    d_before_g = state_dict_sha256(acc.unwrap_model(d))
     d_grads_before_g = [p.grad.clone() for p in d.parameters()]
     step._g_step(fake, want_norm=False)
     sync_buffers(acc, (g, d))  # BatchNorm statistics differ per rank until DDP's next forward broadcasts them
     report = {
         "world_size": acc.num_processes, "rank": acc.process_index,
         "d_step_calls": after_d, "g_step_calls": {k: calls[k] - after_d[k] for k in calls},
-        "d_unchanged_by_g_step": state_sha256(acc.unwrap_model(d)) == d_before_g,
+        "d_unchanged_by_g_step": state_dict_sha256(acc.unwrap_model(d)) == d_before_g,
         "d_grads_unchanged_by_g_step": all(torch.equal(a, p.grad)
                                            for a, p in zip(d_grads_before_g, d.parameters(), strict=True)),
-        "g_sha256": state_sha256(acc.unwrap_model(g)), "d_sha256": state_sha256(acc.unwrap_model(d)),
+        "g_sha256": state_dict_sha256(acc.unwrap_model(g)), "d_sha256": state_dict_sha256(acc.unwrap_model(d)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank_{acc.process_index}.json").write_text(json.dumps(report))

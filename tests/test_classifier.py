@@ -14,7 +14,7 @@ from eval_support import classifier_file
 
 from distgan.errors import UserError
 from distgan.evaluation import metrics as M
-from distgan.evaluation.classifier import MnistClassifier, weights_sha256
+from distgan.evaluation.classifier import MnistClassifier
 from distgan.evaluation.evaluate import (
     evaluate_generator,
     evaluate_images,
@@ -22,6 +22,7 @@ from distgan.evaluation.evaluate import (
     load_split_images,
     real_features,
 )
+from distgan.hashing import state_dict_sha256
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,7 @@ def test_train_classifier_file(classifier, mnist_shards):
     assert blob["test_accuracy"] >= 0.98
     model = MnistClassifier()
     model.load_state_dict(blob["state_dict"])
-    assert blob["sha256"] == weights_sha256(model) and len(blob["sha256"]) == 64
+    assert blob["sha256"] == state_dict_sha256(model) and len(blob["sha256"]) == 64
     assert blob["sha256"] in (classifier.parent / "train.log").read_text()
     assert blob["test_features"].shape == (10000, 128) and blob["test_logits"].shape == (10000, 10)
     ref = blob["reference"]  # real train split scored against the real test split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +11,14 @@ from conftest import REPO, accelerate_launch, wandb_history
 from test_train import assert_same_weights, final_weights
 
 from distgan.training.checkpoint import complete_checkpoints
-from distgan.training.run_dir import read_rank_reports
 
 pytestmark = pytest.mark.slow
+
+
+def read_rank_reports(run_dir: Path) -> list[dict]:
+    """All ranks' RUN_DIR/ranks/rank_<R>.json reports, by rank."""
+    files = sorted((run_dir / "ranks").glob("rank_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    return [json.loads(p.read_text()) for p in files]
 
 
 def launch_train(shards, run_dir, *overrides, timeout=240):

@@ -7,7 +7,6 @@ Numbers from different classifiers are not comparable, so every report names the
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import time
@@ -22,6 +21,7 @@ from torch import nn
 
 from distgan.atomic import write_bytes_atomic
 from distgan.errors import UserError
+from distgan.hashing import state_dict_sha256
 from distgan.pixels import to_signed
 
 FORMAT = "distgan-mnist-classifier/1"
@@ -64,16 +64,6 @@ def to_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     if t.dim() == 3:
         t = t.unsqueeze(1)
     return to_signed(t)
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 of the weights: every state_dict entry, by sorted name, with its dtype, shape and bytes."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -138,7 +128,7 @@ def accuracy(model: MnistClassifier, images: np.ndarray, labels: np.ndarray) -> 
 
 def save_classifier(path: str | Path, model: MnistClassifier, **extra: Any) -> str:
     """Write the model, its weight hash and `extra` (tensors, numbers, strings) atomically; return the hash."""
-    sha = weights_sha256(model)
+    sha = state_dict_sha256(model)
     blob = {"format": FORMAT, "state_dict": model.state_dict(), "sha256": sha, **extra}
     buf = io.BytesIO()
     torch.save(blob, buf)
@@ -163,7 +153,7 @@ def load_classifier_file(path: str | Path) -> tuple[MnistClassifier, dict[str, A
     model = MnistClassifier()
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    if weights_sha256(model) != blob["sha256"]:
+    if state_dict_sha256(model) != blob["sha256"]:
         raise UserError(f"classifier file {path}: weights do not match their recorded sha256; "
                         f"the file is corrupt, retrain it with `distgan train-classifier`")
     return model, blob

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from accelerate.utils import gather_object
 
 from distgan.atomic import write_json_atomic, write_text_atomic
+from distgan.collectives import sync_buffers
 from distgan.config import Config, config_from_dict, dump_config, model_fingerprint
 from distgan.errors import UserError
+from distgan.hashing import state_dict_sha256
 from distgan.training.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
 
 
@@ -48,51 +47,8 @@ class RunDir:
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         report = {"rank": self.acc.process_index, "world_size": self.acc.num_processes, "step": step,
                   "device": str(self.acc.device), "backend": backend,
-                  "g_sha256": state_sha256(g), "d_sha256": state_sha256(d), "hostname": socket.gethostname()}
+                  "g_sha256": state_dict_sha256(g), "d_sha256": state_dict_sha256(d), "hostname": socket.gethostname()}
         write_json_atomic(self.path / "ranks" / f"rank_{self.acc.process_index}.json", report)
-
-
-def state_sha256(module: torch.nn.Module) -> str:
-    """sha256 over a module's parameters and buffers (names, dtypes and exact bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def sync_buffers(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> None:
-    """Collective: copy rank 0's buffers (BatchNorm statistics) to every rank.
-
-    DDP's `broadcast_buffers` does exactly this at the start of the next forward, so doing it before a
-    checkpoint or a consistency check changes nothing in training; it only makes the replicas comparable.
-    """
-    if accelerator.num_processes == 1:
-        return
-    for model in models:
-        for buf in accelerator.unwrap_model(model).buffers():
-            torch.distributed.broadcast(buf, src=0)
-
-
-def check_consistency(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> None:
-    """Collective: raise if any rank's weights differ from rank 0's (DDP should keep them identical)."""
-    if accelerator.num_processes == 1:
-        return
-    sync_buffers(accelerator, models)
-    mine = [state_sha256(accelerator.unwrap_model(m)) for m in models]
-    everyone = gather_object([mine])
-    bad = [r for r, digests in enumerate(everyone) if digests != everyone[0]]
-    if bad:
-        raise RuntimeError(f"weights differ between rank 0 and ranks {bad}: the DDP replicas diverged")
-
-
-def parameters_finite(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> bool:
-    """Collective: True if every parameter on every rank is finite."""
-    ok = all(bool(torch.isfinite(p).all()) for m in models for p in m.parameters())
-    flag = torch.tensor(0.0 if ok else 1.0, device=accelerator.device)
-    return float(accelerator.reduce(flag, reduction="sum").item()) == 0.0
 
 
 def _check_same_model(cfg: Config, saved_yaml: str, where: Path) -> None:
@@ -123,9 +79,3 @@ def resolve_resume(cfg: Config, run: RunDir) -> Path | None:
         ckpt = resolve_checkpoint(cfg.resume)
     _check_same_model(cfg, read_checkpoint_config(ckpt), ckpt)
     return ckpt
-
-
-def read_rank_reports(run_dir: Path) -> list[dict[str, Any]]:
-    """All ranks' reports of a run, by rank."""
-    files = sorted((run_dir / "ranks").glob("rank_*.json"), key=lambda p: int(p.stem.split("_")[1]))
-    return [json.loads(p.read_text()) for p in files]

@@ -18,7 +18,7 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from distgan.collectives import needs_cpu_flag
+from distgan.collectives import check_consistency, needs_cpu_flag, parameters_finite
 from distgan.config import Config, dump_config
 from distgan.data.stream import BatchStream
 from distgan.errors import UserError
@@ -28,13 +28,7 @@ from distgan.training.gan_step import GANStep
 from distgan.training.models import build_discriminator, build_generator
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.preemption import PreemptionWatcher
-from distgan.training.run_dir import (
-    DivergedError,
-    RunDir,
-    check_consistency,
-    parameters_finite,
-    resolve_resume,
-)
+from distgan.training.run_dir import DivergedError, RunDir, resolve_resume
 from distgan.training.tracking import grid_image, resolve_mode, save_png, start_tracking, wandb_image
 
 log = logging.getLogger(__name__)
