@@ -8,12 +8,16 @@ must call it at the same point.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
+from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
+
+T = TypeVar("T")
 
 
 def needs_cpu_flag() -> bool:
@@ -65,3 +69,24 @@ def parameters_finite(accelerator: Any, models: tuple[torch.nn.Module, ...]) -> 
     """True if every parameter on every rank is finite."""
     ok = all(bool(torch.isfinite(p).all()) for m in models for p in m.parameters())
     return max_over_ranks(accelerator, 0 if ok else 1) == 0
+
+
+def on_main(accelerator: Any, fn: Callable[[], T]) -> T:
+    """Run `fn` on the main process only; every rank returns its result, or raises its UserError.
+
+    Without this, a user mistake found by the main process alone (a locked or unwritable run directory)
+    would leave the other ranks waiting at their next collective until the process-group timeout.
+    """
+    result: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        try:
+            result = {"ok": fn()}
+        except UserError as e:
+            result = {"error": str(e)}
+    if accelerator.num_processes > 1:
+        box = [result]
+        broadcast_object_list(box, from_process=0)
+        result = box[0]
+    if "error" in result:
+        raise UserError(result["error"])
+    return result["ok"]

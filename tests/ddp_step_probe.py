@@ -12,10 +12,11 @@ from accelerate import Accelerator
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from distgan.collectives import needs_cpu_flag, sync_buffers
-from distgan.config import ModelConfig
+from distgan.config import LossConfig, ModelConfig
 from distgan.hashing import state_dict_sha256
 from distgan.training.gan_step import GANStep
 from distgan.training.models import build_discriminator, build_generator
+from distgan.training.networks import Networks
 from distgan.training.precision import Precision
 
 
@@ -37,8 +38,8 @@ def main(out_dir: Path) -> None:
 
     g.register_comm_hook(None, counting("g"))
     d.register_comm_hook(None, counting("d"))
-    step = GANStep(accelerator=acc, generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d,
-                   precision=Precision("no", acc.device), loss="wgan-gp", gp_weight=10.0, d_steps=1, z_dim=8, seed=0)
+    step = GANStep(acc, Networks(g, d, opt_g, opt_d, ema=None), Precision("no", acc.device),
+                   LossConfig(kind="wgan-gp", gp_weight=10.0), z_dim=8, seed=0)
     # Different real data on each rank, as in training.
     real = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(acc.process_index)) * 2 - 1
     fake = g(torch.randn(8, 8, generator=torch.Generator().manual_seed(10 + acc.process_index)))

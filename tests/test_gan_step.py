@@ -7,9 +7,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from distgan.config import ModelConfig
+from distgan.config import LossConfig, ModelConfig
 from distgan.training.gan_step import GANStep, noise_generator
 from distgan.training.models import build_discriminator, build_generator
+from distgan.training.networks import Networks
 from distgan.training.precision import Precision
 
 # CUDA runs on a GPU machine only, in its own pytest process (`-k cuda`): Accelerate's state is per process.
@@ -25,8 +26,8 @@ def make_step(mode: str = "no", loss: str = "bce", device: str = "cpu"):
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
     g, d, opt_g, opt_d = acc.prepare(g, d, opt_g, opt_d)
     prec = Precision(mode, acc.device)
-    step = GANStep(accelerator=acc, generator=g, discriminator=d, opt_g=opt_g, opt_d=opt_d, precision=prec,
-                   loss=loss, gp_weight=10.0, d_steps=1, z_dim=8, seed=0)
+    step = GANStep(acc, Networks(g, d, opt_g, opt_d, ema=None), prec, LossConfig(kind=loss, gp_weight=10.0),
+                   z_dim=8, seed=0)
     return step, g, d, prec
 
 

@@ -24,6 +24,7 @@ from distgan.errors import UserError
 from distgan.evaluation.classifier import MnistClassifier, embed_images, load_classifier_file, to_input
 from distgan.evaluation.metrics import FeatureSet, compute_metrics
 from distgan.pixels import to_uint8
+from distgan.training.sampling import fixed_noise
 
 
 @dataclass
@@ -208,7 +209,7 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
         raise UserError(f"evaluation needs at least 2 samples, got n={n}")
     g = accelerator.unwrap_model(generator) if accelerator is not None else generator
     z_dim = int(g.z_dim)
-    noise = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    noise = fixed_noise(n, z_dim, seed)
     default = accelerator.device if accelerator is not None else torch.device("cpu")
     g_device = _device_of(g, default)
 

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from distgan.config import EmaConfig
+
 
 class EMA:
     """Keeps `module` = decay * module + (1 - decay) * source after each update; copies before `start_step`.
@@ -14,10 +16,10 @@ class EMA:
     Buffers (BatchNorm statistics) are copied, not averaged.
     """
 
-    def __init__(self, source: nn.Module, decay: float, start_step: int = 0) -> None:
+    def __init__(self, source: nn.Module, cfg: EmaConfig) -> None:
         self.module = copy.deepcopy(source).eval().requires_grad_(False)
-        self.decay = decay
-        self.start_step = start_step
+        self.decay = cfg.decay
+        self.start_step = cfg.start_step
 
     @torch.no_grad()
     def update(self, source: nn.Module, step: int) -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from distgan.config import LossConfig
 from distgan.training.losses import d_loss, g_loss, gradient_penalty, interpolate
+from distgan.training.networks import Networks
 from distgan.training.precision import Precision
 
 
@@ -50,14 +52,9 @@ def _d_output_stat(kind: str, logits: torch.Tensor) -> torch.Tensor:
 class GANStep:
     """The D and G updates of one iteration, with per-phase mixed precision."""
 
-    def __init__(self, *, accelerator: Any, generator: torch.nn.Module, discriminator: torch.nn.Module,
-                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, precision: Precision,
-                 loss: str, gp_weight: float, d_steps: int, z_dim: int, seed: int) -> None:
-        self.acc = accelerator
-        self.G, self.D = generator, discriminator
-        self.opt_g, self.opt_d = opt_g, opt_d
-        self.prec = precision
-        self.loss, self.gp_weight, self.d_steps = loss, gp_weight, d_steps
+    def __init__(self, accelerator: Any, nets: Networks, precision: Precision, loss: LossConfig, *,
+                 z_dim: int, seed: int) -> None:
+        self.acc, self.nets, self.prec, self.loss = accelerator, nets, precision, loss
         self.z_dim, self.seed = z_dim, seed
         self.grad_norms: dict[str, torch.Tensor] = {}
 
@@ -72,45 +69,46 @@ class GANStep:
             z, gen = self._noise(real.shape[0], step, k)
             last = k == len(reals) - 1
             with self.prec.autocast(), (contextlib.nullcontext() if last else torch.no_grad()):
-                fake = self.G(z)  # the last one keeps its graph for the G step
+                fake = self.nets.g(z)  # the last one keeps its graph for the G step
             d_total, gp, real_logits, fake_logits = self._d_step(real, fake.detach(), gen, want_grad_norms and last)
         g_total = self._g_step(fake, want_grad_norms)
         return StepStats(d_total.detach(), g_total.detach(), gp.detach(),
-                         _d_output_stat(self.loss, real_logits), _d_output_stat(self.loss, fake_logits))
+                         _d_output_stat(self.loss.kind, real_logits), _d_output_stat(self.loss.kind, fake_logits))
 
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator, want_norm: bool):
         n = real.shape[0]
         inputs = [real, fake]
         x_hat = None
-        if self.loss == "wgan-gp":
+        if self.loss.kind == "wgan-gp":
             x_hat = interpolate(real, fake, gen)
             inputs.append(x_hat)
         with self.prec.autocast():
-            logits = self.D(torch.cat(inputs))
+            logits = self.nets.d(torch.cat(inputs))
         real_logits, fake_logits = logits[:n], logits[n:2 * n]
-        loss = d_loss(self.loss, real_logits, fake_logits)
+        loss = d_loss(self.loss.kind, real_logits, fake_logits)
         gp = torch.zeros((), device=loss.device)
         if x_hat is not None:
             gp = gradient_penalty(logits[2 * n:], x_hat, loss_scale=self.prec.scale("d"))
-            loss = loss + self.gp_weight * gp
-        self.opt_d.zero_grad(set_to_none=True)
+            loss = loss + self.loss.gp_weight * gp
+        self.nets.opt_d.zero_grad(set_to_none=True)
         self.prec.backward("d", loss, self.acc)
-        self._record_norm("d", self.opt_d, self.D, want_norm)
-        self.prec.step("d", self.opt_d)
+        self._record_norm("d", self.nets.opt_d, self.nets.d, want_norm)
+        self.prec.step("d", self.nets.opt_d)
         return loss, gp, real_logits, fake_logits
 
     def _g_step(self, fake: torch.Tensor, want_norm: bool) -> torch.Tensor:
-        self.D.requires_grad_(False)
+        d = self.nets.d
+        d.requires_grad_(False)
         try:
-            with self.acc.no_sync(self.D), self.prec.autocast():
-                fake_logits = self.D(fake)
-            loss = g_loss(self.loss, fake_logits)
-            self.opt_g.zero_grad(set_to_none=True)
+            with self.acc.no_sync(d), self.prec.autocast():
+                fake_logits = d(fake)
+            loss = g_loss(self.loss.kind, fake_logits)
+            self.nets.opt_g.zero_grad(set_to_none=True)
             self.prec.backward("g", loss, self.acc)
         finally:
-            self.D.requires_grad_(True)
-        self._record_norm("g", self.opt_g, self.G, want_norm)
-        self.prec.step("g", self.opt_g)
+            d.requires_grad_(True)
+        self._record_norm("g", self.nets.opt_g, self.nets.g, want_norm)
+        self.prec.step("g", self.nets.opt_g)
         return loss
 
     def _record_norm(self, phase: str, opt: torch.optim.Optimizer, model: torch.nn.Module, want: bool) -> None:

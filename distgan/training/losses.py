@@ -5,8 +5,6 @@ All are computed from logits in float32, so they are safe under autocast (BCELos
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
@@ -49,9 +47,3 @@ def gradient_penalty(critic_out: torch.Tensor, inputs: torch.Tensor, loss_scale:
     grads = grads.float() / loss_scale
     norm = grads.flatten(1).norm(2, dim=1)
     return ((norm - 1.0) ** 2).mean()
-
-
-def penalty_of(fn: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor) -> torch.Tensor:
-    """The gradient penalty of any function `fn` at `points` (used by tests with known gradients)."""
-    points = points.detach().requires_grad_(True)
-    return gradient_penalty(fn(points), points)

@@ -1,4 +1,4 @@
-"""The run directory: resume decisions, the saved config, per-rank reports, and cross-rank checks."""
+"""The run directory: its lock, the saved config, where to resume from, and per-rank reports."""
 
 from __future__ import annotations
 
@@ -10,30 +10,56 @@ import torch
 import yaml
 
 from distgan.atomic import write_json_atomic, write_text_atomic
-from distgan.collectives import sync_buffers
+from distgan.collectives import on_main, sync_buffers
 from distgan.config import Config, config_from_dict, dump_config, model_fingerprint
 from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
+from distgan.locks import DirLock
 from distgan.training.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
 
 
-class DivergedError(UserError):
-    """Training produced NaN/inf for longer than the configured patience."""
-
-
 class RunDir:
-    """RUN_DIR: config.yaml, checkpoints/, samples/, ranks/, wandb/ and the W&B run id."""
+    """RUN_DIR: config.yaml, checkpoints/, samples/, ranks/, wandb/ and the W&B run id.
+
+    The main process holds an exclusive lock on it (RUN_DIR/.lock) from here until `close()` or its exit,
+    so a second run on the same directory stops at once instead of overwriting this one's checkpoints.
+    """
 
     def __init__(self, path: Path, accelerator: Any) -> None:
         self.path = path
         self.acc = accelerator
         self.rank = accelerator.process_index
-        if accelerator.is_main_process:
+        self._lock = DirLock(path, f"run.dir {path}")
+
+        def create_and_lock() -> None:
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise UserError(f"run.dir {path}: cannot create it ({e.strerror})") from None
-        accelerator.wait_for_everyone()
+            self._lock.acquire()
+
+        on_main(accelerator, create_and_lock)
+
+    def close(self) -> None:
+        """Release the lock (the process's exit does it too)."""
+        self._lock.release()
+
+    def resume_point(self, cfg: Config) -> Path | None:
+        """The checkpoint to resume from (`resume`: auto | never | a checkpoint path), checked against cfg."""
+        if cfg.resume == "never":
+            existing = latest_checkpoint(self.path, warn=False)
+            if existing is not None:
+                raise UserError(f"resume=never but {self.path} already has checkpoints ({existing.name}); "
+                                "use another run.dir, or resume=auto")
+            return None
+        if cfg.resume == "auto":
+            ckpt = latest_checkpoint(self.path, warn=self.acc.is_main_process)
+            if ckpt is None:
+                return None
+        else:
+            ckpt = resolve_checkpoint(cfg.resume)
+        _check_same_model(cfg, read_checkpoint_config(ckpt), ckpt)
+        return ckpt
 
     def write_config(self, cfg: Config) -> None:
         """The resolved config, next to the checkpoints."""
@@ -46,8 +72,8 @@ class RunDir:
         g, d = (self.acc.unwrap_model(m) for m in models)
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         report = {"rank": self.acc.process_index, "world_size": self.acc.num_processes, "step": step,
-                  "device": str(self.acc.device), "backend": backend,
-                  "g_sha256": state_dict_sha256(g), "d_sha256": state_dict_sha256(d), "hostname": socket.gethostname()}
+                  "device": str(self.acc.device), "backend": backend, "hostname": socket.gethostname(),
+                  "g_sha256": state_dict_sha256(g), "d_sha256": state_dict_sha256(d)}
         write_json_atomic(self.path / "ranks" / f"rank_{self.acc.process_index}.json", report)
 
 
@@ -61,21 +87,3 @@ def _check_same_model(cfg: Config, saved_yaml: str, where: Path) -> None:
         keys = ", ".join(k if k == "loss.kind" else f"model.{k}" for k in diffs)
         raise UserError(f"cannot resume {where}: it was trained with a different {keys}; "
                         "use a new run.dir (or the original config)")
-
-
-def resolve_resume(cfg: Config, run: RunDir) -> Path | None:
-    """The checkpoint to resume from (`resume`: auto | never | a checkpoint path), checked against cfg."""
-    if cfg.resume == "never":
-        existing = latest_checkpoint(run.path, warn=False)
-        if existing is not None:
-            raise UserError(f"resume=never but {run.path} already has checkpoints ({existing.name}); "
-                            "use another run.dir, or resume=auto")
-        return None
-    if cfg.resume == "auto":
-        ckpt = latest_checkpoint(run.path, warn=run.acc.is_main_process)
-        if ckpt is None:
-            return None
-    else:
-        ckpt = resolve_checkpoint(cfg.resume)
-    _check_same_model(cfg, read_checkpoint_config(ckpt), ckpt)
-    return ckpt

@@ -34,6 +34,11 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
+def sample_images(generator: torch.nn.Module, n: int, seed: int = 0) -> torch.Tensor:
+    """uint8 images (N, 28, 28) on the CPU from the fixed noise of `seed` (the same on any device)."""
+    return generate_images(generator, fixed_noise(n, int(generator.z_dim), seed))
+
+
 @torch.no_grad()
 def generate_images(generator: torch.nn.Module, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """uint8 images (N, 28, 28) on the CPU from noise `z`, in batches."""
@@ -54,7 +59,7 @@ def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path,
     if not str(out).endswith(".npz"):
         raise UserError(f"--out {out}: the output must be a .npz file")
     g, _ = load_generator(checkpoint, device)
-    images = generate_images(g, fixed_noise(n, g.z_dim, seed)).numpy()
+    images = sample_images(g, n, seed).numpy()
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images)
     write_bytes_atomic(out, buf.getvalue())

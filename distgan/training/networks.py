@@ -1,0 +1,57 @@
+"""G, D, their optimizers and the EMA of G, built from the config and prepared for the accelerator."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+
+from distgan.config import Config, TrainConfig
+from distgan.training.ema import EMA
+from distgan.training.models import build_discriminator, build_generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Networks:
+    """The trained modules: `g` and `d` as returned by `accelerator.prepare` (DDP-wrapped in N processes)."""
+
+    g: torch.nn.Module
+    d: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: EMA
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        return self.g, self.d
+
+
+def build_networks(cfg: Config, accelerator: Any) -> Networks:
+    """Fresh G and D (identical on every rank), Adam for each, the EMA of G; all on the accelerator's device."""
+    set_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
+    if cfg.model.sync_batchnorm and accelerator.num_processes > 1 and has_bn:
+        if accelerator.device.type == "cuda":
+            g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(g)
+        else:  # SyncBatchNorm only runs on GPUs; DDP's buffer broadcast keeps the plain BN statistics equal
+            log.warning("model.sync_batchnorm: SyncBatchNorm needs GPUs; keeping BatchNorm on %s",
+                        accelerator.device)
+    ema = EMA(g, cfg.ema)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=tuple(cfg.train.betas))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=tuple(cfg.train.betas))
+    g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)  # never the loader: it is split per rank
+    ema.module.to(accelerator.device)
+    return Networks(g, d, opt_g, opt_d, ema)
+
+
+def apply_hyperparameters(nets: Networks, train: TrainConfig) -> None:
+    """Set the config's learning rates and betas on both optimizers (after a resume loaded the saved ones)."""
+    for opt, lr in ((nets.opt_g, train.lr_g), (nets.opt_d, train.lr_d)):
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = lr, tuple(train.betas)
