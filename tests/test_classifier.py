@@ -24,6 +24,8 @@ from distgan.evaluation.evaluate import (
 )
 from distgan.hashing import state_dict_sha256
 
+pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not slow"`)
+
 
 @pytest.fixture(scope="session")
 def classifier(tmp_path_factory, mnist_shards) -> Path:

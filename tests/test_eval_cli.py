@@ -19,6 +19,7 @@ def classifier(tmp_path_factory, mnist_shards):
     return classifier_file(tmp_path_factory, mnist_shards)
 
 
+@pytest.mark.slow
 def test_eval_samples_prints_a_table_and_writes_json(classifier, mnist_shards, tmp_path):
     images, _ = load_split_images(mnist_shards / "train")
     samples = tmp_path / "samples.npz"
@@ -62,6 +63,7 @@ def test_samples_accepts_a_channel_axis_and_takes_the_first_n(tmp_path):
     assert load_samples(path, 3).shape == (3, 28, 28)
 
 
+@pytest.mark.slow
 def test_cli_bad_file_exits_2_with_one_line(tmp_path):
     path = _npz(tmp_path / "s.npz", images=np.zeros((4, 28, 28), np.int64))
     proc = run_cli(["eval", "--samples", str(path), "--classifier", str(tmp_path / "none.pt")], timeout=120,

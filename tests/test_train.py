@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from distgan.training.checkpoint import complete_checkpoints
 
+pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not slow"`)
+
 DEBUG = "configs/debug.yaml"
 
 

@@ -1,0 +1,78 @@
+"""Two runs on one run directory: the second stops at once with one line naming the holder; the lock
+dies with its process (kill -9 included), so the next run resumes without any clean-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import PYTHON, REPO, child_env, run_cli
+
+from distgan.training.checkpoint import complete_checkpoints
+
+pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not slow"`)
+
+
+def start_training(shards, run_dir) -> subprocess.Popen:
+    """A long debug run in the background, in its own process group."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "distgan", "train", "--config", "configs/debug.yaml", f"data.dir={shards}",
+         f"run.dir={run_dir}", "train.steps=100000", "checkpoint.every=5", "log.grid_every=100000",
+         "wandb.mode=disabled", "log.progress=false"],
+        cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_checkpoint(run_dir, proc, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not complete_checkpoints(run_dir, warn=False):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+
+
+def test_second_run_on_a_run_dir_fails_at_once_and_the_lock_dies_with_its_process(mnist_shards, tmp_path):
+    run = tmp_path / "run"
+    first = start_training(mnist_shards, run)
+    try:
+        wait_for_checkpoint(run, first)
+        t0 = time.monotonic()
+        second = run_cli(["train", "--config", "configs/debug.yaml", f"data.dir={mnist_shards}", f"run.dir={run}",
+                          "wandb.mode=disabled"], timeout=120, check=False)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert lines == [f"distgan train: error: run.dir {run} is in use by pid {first.pid} on host "
+                         f"{socket.gethostname()}; wait for it to finish or use another directory"], second.stderr
+        assert time.monotonic() - t0 < 60
+        assert first.poll() is None, "the first run must be untouched"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # no clean-up at all: the kernel drops the flock
+        first.communicate(timeout=60)
+    steps = [s for s, _ in complete_checkpoints(run)]
+    resumed = run_cli(["train", "--config", "configs/debug.yaml", f"data.dir={mnist_shards}", f"run.dir={run}",
+                       f"train.steps={steps[-1] + 5}", "wandb.mode=disabled"], timeout=180)
+    assert f"resumed from {run / 'checkpoints'}" in resumed.stdout + resumed.stderr
+    assert f"finished at step {steps[-1] + 5}" in resumed.stdout
+
+
+def test_python_api_trains_samples_and_releases_the_lock(mnist_shards, tmp_path):
+    """`from distgan import load_config, train, load_generator, sample_images` as in the README."""
+    import distgan
+
+    cfg = distgan.load_config(REPO / "configs" / "debug.yaml", [f"data.dir={mnist_shards}", f"run.dir={tmp_path / 'r'}",
+                                                                "wandb.mode=disabled", "log.progress=false"])
+    before = signal.getsignal(signal.SIGUSR1)
+    result = distgan.train(cfg)
+    assert (result.status, result.step) == ("finished", 20)
+    assert signal.getsignal(signal.SIGUSR1) == before, "train() must give the caller its handlers back"
+    g, saved = distgan.load_generator(result.run_dir)
+    assert saved.model.z_dim == cfg.model.z_dim
+    images = distgan.sample_images(g, 6, seed=3)
+    assert images.dtype.is_floating_point is False and tuple(images.shape) == (6, 28, 28)
+    assert distgan.sample_images(g, 6, seed=3).equal(images)
+    # the lock was released when train() returned: a second train() in the same process resumes and finishes
+    cfg.train.steps = 25
+    assert distgan.train(cfg).step == 25
