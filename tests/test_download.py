@@ -16,7 +16,8 @@ import pytest
 from conftest import free_port, run_cli
 from conftest import test_env as child_env  # aliased: pytest would collect a `test_*` name
 
-from distgan.data.idx import DEFAULT_MIRRORS, FILES, OFFICIAL_MD5, download_mnist, resolve_mirrors
+from distgan.data.download import DEFAULT_MIRRORS, OFFICIAL_MD5, download_mnist, resolve_mirrors
+from distgan.data.idx import FILES
 from distgan.data.prepare import prepare
 from distgan.errors import UserError
 

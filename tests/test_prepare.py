@@ -12,6 +12,8 @@ from conftest import run_cli
 
 from distgan.data.idx import FILES, parse_idx
 from distgan.data.prepare import prepare
+from distgan.data.shards import read_shard
+from distgan.locks import LOCK_FILE
 
 README_MD5 = {  # ../shared/data/mnist/README.md
     "train-images-idx3-ubyte.gz": "a7278cb56fa770ea9c924dbe240b8f8c",
@@ -22,7 +24,9 @@ README_MD5 = {  # ../shared/data/mnist/README.md
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes but the lock file's (it names the pid of the last prepare)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 def test_manifest_matches_files(mnist_shards):
@@ -39,7 +43,7 @@ def test_manifest_matches_files(mnist_shards):
             data = (mnist_shards / split / shard["name"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == shard["sha256"]
             assert len(data) == shard["bytes"]
-    assert sorted(p.name for p in mnist_shards.iterdir()) == ["manifest.json", "test", "train"]
+    assert sorted(p.name for p in mnist_shards.iterdir()) == [LOCK_FILE, "manifest.json", "test", "train"]
 
 
 def test_shards_are_plain_webdataset(mnist_shards, mnist_raw):
@@ -55,15 +59,24 @@ def test_shards_are_plain_webdataset(mnist_shards, mnist_raw):
     want_labels = parse_idx(mnist_raw / FILES["test_labels"], kind="labels")
     assert np.array_equal(images, want[:1000]) and np.array_equal(labels, want_labels[:1000])
     assert keys[:2] == ["test-000000", "test-000001"] and len(keys) == 1000
+    # distgan's own reader (stdlib tarfile) sees exactly what webdataset sees.
+    all_images, all_labels, all_keys = read_shard(Path(url))
+    assert np.array_equal(all_images, np.concatenate(
+        [np.frombuffer(p["images.u8"], np.uint8).reshape(-1, 28, 28) for p in packs]))
+    assert np.array_equal(all_labels, np.concatenate([np.frombuffer(p["labels.u8"], np.uint8) for p in packs]))
+    assert all_keys == [k for p in packs for k in p["keys.txt"].decode().split("\n")]
 
 
 def test_second_run_is_a_noop(mnist_shards, mnist_raw):
-    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in mnist_shards.rglob("*") if p.is_file()}
+    def stats() -> dict[Path, tuple[int, int]]:  # the lock file is rewritten by every run: not data
+        return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in mnist_shards.rglob("*")
+                if p.is_file() and p.name != LOCK_FILE}
+
+    before = stats()
     content = _files(mnist_shards)
     proc = run_cli(["prepare", "--raw-dir", str(mnist_raw), "--out", str(mnist_shards)], timeout=120)
     assert "nothing to do" in proc.stdout
-    after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in mnist_shards.rglob("*") if p.is_file()}
-    assert after == before and _files(mnist_shards) == content
+    assert stats() == before and _files(mnist_shards) == content
 
 
 def test_fresh_dir_same_bytes_and_repair(mnist_shards, mnist_raw, tmp_path):

@@ -10,7 +10,9 @@ from distgan.data.prepare import DEFAULT_SHARD_SIZE, prepare
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `distgan prepare`."""
-    parser.add_argument("--out", required=True, type=Path, help="output directory (shards + manifest.json)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output directory (shards + manifest.json); locked while prepare runs, and "
+                             "refused if it holds another tool's dataset")
     parser.add_argument("--raw-dir", type=Path, default=None,
                         help="read the four MNIST IDX files (gzipped or not) from here; no download")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,

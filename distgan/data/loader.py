@@ -10,12 +10,14 @@ k steps" is the global prefix of k * B * W samples whatever the world size.
 
 Each worker reads the shards its batches touch (whole shards; they are packed raw uint8, so reading
 one is a few memcpys) and keeps only the one or two it is in. Do NOT pass this loader to
-`accelerator.prepare`: it is already split per rank.
+`accelerator.prepare`: it is already split per rank. Loader workers ignore SIGTERM, SIGINT, SIGUSR1
+and SIGUSR2 (see WORKER_IGNORED_SIGNALS); the shard format and its checks live in distgan.data.shards.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,51 +28,43 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from distgan.data.idx import COLS, ROWS
-from distgan.data.prepare import read_manifest, read_shard, sha256_file
+from distgan.data.shards import MANIFEST, read_manifest, read_shard, verify_split
 from distgan.errors import UserError
 
-# path -> (size, mtime_ns, inode, sha256) of shards already hashed in this process, so that building
-# the loader again each epoch does not re-hash unchanged files.
-_VERIFIED: dict[str, tuple[int, int, int, str]] = {}
+# SLURM (and a terminal's Ctrl-C) signal every process of the group, loader workers included. These are
+# the main process's to handle (save a checkpoint, then stop); a worker dying of one makes the main
+# process raise "DataLoader worker ... killed by signal" before it can save.
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def _split_info(split_dir: str | os.PathLike[str]) -> tuple[Path, str, dict[str, Any]]:
-    """(split_dir, split name, that split's manifest entry) for a split dir such as DIR/train."""
+def _split_info(split_dir: str | os.PathLike[str], *, verify: bool = True) -> tuple[Path, str, dict[str, Any]]:
+    """(split_dir, split name, that split's manifest entry) for a split dir such as DIR/train; the whole
+    manifest is validated, and with `verify` the split's shards are checked against it (size, sha256)."""
     split_dir = Path(split_dir)
-    if (split_dir / "manifest.json").is_file() and not (split_dir.parent / "manifest.json").is_file():
+    if (split_dir / MANIFEST).is_file() and not (split_dir.parent / MANIFEST).is_file():
         raise UserError(f"{split_dir}: this is the prepare output; pass a split directory such as "
                         f"{split_dir / 'train'}")
     manifest = read_manifest(split_dir.parent)
     split = split_dir.name
-    if split not in manifest.get("splits", {}):
-        raise UserError(f"{split_dir}: no split {split!r} in {split_dir.parent / 'manifest.json'} "
-                        f"(it has {', '.join(manifest.get('splits', {}))})")
+    if split not in manifest["splits"]:
+        raise UserError(f"{split_dir}: no split {split!r} in {split_dir.parent / MANIFEST} "
+                        f"(it has {', '.join(manifest['splits'])})")
+    if verify:
+        verify_split(split_dir.parent, manifest, split)
     return split_dir, split, manifest["splits"][split]
 
 
-def _verify(split_dir: Path, entry: dict[str, Any]) -> None:
-    """Check each shard exists, has the manifest's size and sha256 (hashing each file once)."""
-    for shard in entry["shards"]:
-        path = split_dir / shard["name"]
-        try:
-            st = path.stat()
-        except FileNotFoundError as e:
-            raise UserError(f"{path}: shard missing; rerun `distgan prepare`") from e
-        if st.st_size != shard["bytes"]:
-            raise UserError(f"{path}: {st.st_size} bytes but the manifest says {shard['bytes']} (truncated "
-                            f"or modified); rerun `distgan prepare`")
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino, shard["sha256"])
-        if _VERIFIED.get(str(path)) == sig:
-            continue
-        if sha256_file(path) != shard["sha256"]:
-            raise UserError(f"{path}: sha256 differs from the manifest (corrupt or modified); rerun "
-                            f"`distgan prepare`")
-        _VERIFIED[str(path)] = sig
+def _worker_init(worker_id: int) -> None:
+    """DataLoader worker_init_fn: ignore the stop signals (the main process alone decides), then take
+    the signals that ShardLoader blocked around the fork."""
+    for sig in WORKER_IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
 
 
 def samples_per_epoch(split_dir: str | os.PathLike[str]) -> int:
-    """Number of samples in a split, from the manifest."""
-    return int(_split_info(split_dir)[2]["count"])
+    """Number of samples in a split, from the (validated) manifest."""
+    return int(_split_info(split_dir, verify=False)[2]["count"])
 
 
 def epoch_order(counts: list[int], seed: int, epoch: int) -> np.ndarray:
@@ -125,6 +119,9 @@ def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, A
     for j in range(worker, plan.num_batches, num_workers):
         lo = plan.start_sample + j * gb + plan.rank * b
         ids = order[lo:lo + b]
+        if len(ids) != b:  # the plan and the manifest disagree; never yield a short or padded batch
+            raise UserError(f"{plan.split_dir}: batch {j} needs samples [{lo}, {lo + b}) but the epoch holds "
+                            f"{len(order)}; the manifest does not match its shards, rerun `distgan prepare`")
         shard_of = np.searchsorted(offsets, ids, side="right") - 1
         needed = np.unique(shard_of).tolist()
         for s in list(cache):  # positions only move forward through the shard order
@@ -140,11 +137,16 @@ def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, A
             images = np.empty((b, ROWS, COLS), np.uint8)
             labels = np.empty(b, np.int64)
             keys = np.empty(b, dtype=object)
+            filled = 0
             for s in needed:
                 m = shard_of == s
                 local = ids[m] - offsets[s]
                 images[m], labels[m], keys[m] = cache[s].images[local], cache[s].labels[local], \
                     cache[s].keys[local]
+                filled += int(m.sum())
+            if filled != b:  # np.empty rows left unfilled would be garbage images with None keys
+                raise UserError(f"{plan.split_dir}: batch {j} filled {filled} of {b} rows; the manifest does "
+                                f"not match its shards, rerun `distgan prepare`")
         # numpy, not tensors: a DataLoader worker sends numpy through its pipe ~3x faster than it
         # moves tensors into shared memory (measured: 0.35 vs 1.2 ms per 256-image batch).
         yield {"image": images.reshape(b, 1, ROWS, COLS), "label": labels, "key": keys.tolist()}
@@ -189,8 +191,15 @@ class ShardLoader:
         if self.num_workers == 0:
             source: Any = iter(dataset)
         else:
-            source = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                                     collate_fn=_identity, prefetch_factor=4))
+            loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
+                                prefetch_factor=4, worker_init_fn=_worker_init)
+            # Block the stop signals while the workers are forked, so that none can reach a worker before
+            # _worker_init ignores it; a signal that arrives meanwhile is delivered here once unblocked.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED_SIGNALS)
+            try:
+                source = iter(loader)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         try:
             for batch in source:
                 if "__error__" in batch:
@@ -217,7 +226,6 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
     if not 0 <= rank < world_size:
         raise UserError(f"rank={rank}: must be in [0, world_size={world_size})")
     split_dir, _, entry = _split_info(shards)
-    _verify(split_dir, entry)
     total = int(entry["count"])
     if start_sample > total:
         raise UserError(f"start_sample={start_sample}: the split {split_dir} holds only {total} samples")
@@ -235,7 +243,6 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
 def load_split(split_dir: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """All images (N,28,28) uint8 and labels (N,) int64 of a split, in stable key order, verified."""
     split_dir, _, entry = _split_info(split_dir)
-    _verify(split_dir, entry)
     shards = [_Shard(split_dir / s["name"], int(s["count"])) for s in entry["shards"]]
     if not shards:
         return torch.empty((0, ROWS, COLS), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)

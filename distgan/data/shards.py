@@ -1,0 +1,334 @@
+"""The on-disk shard format of `distgan prepare`, end to end: names, writing and reading shards, the
+manifest (read, validated, written) and the one integrity check used by both the writer and the loader.
+
+Layout (DIR = `prepare --out`):
+
+    DIR/manifest.json             format version, source checksums, per-shard name/count/bytes/sha256, totals
+    DIR/train/train-000000.tar    plain (uncompressed) tar shards; each tar *sample* is a pack of <= 1000 images
+    DIR/test/test-000000.tar
+
+Each pack (webdataset key = `<split>-<index of its first image>`) has three members:
+`images.u8` (n*28*28 raw uint8 bytes, row-major), `labels.u8` (n raw uint8 bytes) and `keys.txt`
+(n newline-separated stable sample keys `<split>-<index in the IDX file>`). Raw bytes decode in about a
+microsecond per image where PNG or npy take ~100 us, and packing removes webdataset's per-sample tar
+and Python overhead; see the README's data section for the measurements.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from distgan.atomic import atomic_path, write_json_atomic
+from distgan.data.idx import COLS, ROWS
+from distgan.errors import UserError
+from distgan.hashing import file_sha256
+
+FORMAT = "distgan-mnist-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PACK_SIZE = 1000
+SHARD_MTIME = 946684800  # fixed tar member mtime (2000-01-01) so that shards are byte-identical
+SPLITS = ("train", "test")
+MEMBERS = ("images.u8", "labels.u8", "keys.txt")
+IMAGE_BYTES = ROWS * COLS
+MAX_KEY_BYTES = 64  # a sample key is `<split>-<index>`; anything longer is not ours
+# The most bytes each member of a pack may declare in its tar header: checked before anything is read.
+MAX_MEMBER_BYTES: dict[str, int] = {
+    "images.u8": PACK_SIZE * IMAGE_BYTES,
+    "labels.u8": PACK_SIZE,
+    "keys.txt": PACK_SIZE * (MAX_KEY_BYTES + 1),
+}
+_SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6,})\.tar$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_INCOMPLETE = "incomplete"  # key of the placeholder manifest that `prepare` writes while it works
+
+
+def shard_name(split: str, index: int) -> str:
+    """File name of shard `index` of `split`."""
+    return f"{split}-{index:06d}.tar"
+
+
+def is_shard_name(split: str, name: str) -> bool:
+    """True if `name` is a shard file name that `distgan prepare` writes for `split`."""
+    m = _SHARD_NAME.match(name)
+    return bool(m) and m.group("split") == split
+
+
+def sample_key(split: str, index: int) -> str:
+    """Stable key of image `index` (its position in the IDX file) of `split`."""
+    return f"{split}-{index:06d}"
+
+
+# -- shards ---------------------------------------------------------------------------------------
+
+def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, start: int) -> None:
+    """Write images[i], labels[i] (global indices start + i) as one tar shard of packs, atomically.
+
+    We use webdataset's TarWriter, one per shard, instead of ShardWriter: ShardWriter opens the final
+    file name directly (a crash leaves a partial shard there) and cuts shards by record count, while
+    our records are packs and a shard is cut by image count. The tar goes to a temporary name and is
+    renamed into place; the fixed mtime (and TarWriter's fixed user/group/mode) make it byte-identical.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = wds.TarWriter(f, encoder=False, mtime=SHARD_MTIME)
+        for lo in range(0, len(images), PACK_SIZE):
+            hi = min(lo + PACK_SIZE, len(images))
+            keys = "\n".join(sample_key(split, start + i) for i in range(lo, hi))
+            writer.write({
+                "__key__": sample_key(split, start + lo),
+                "images.u8": np.ascontiguousarray(images[lo:hi], dtype=np.uint8).tobytes(),
+                "labels.u8": np.ascontiguousarray(labels[lo:hi], dtype=np.uint8).tobytes(),
+                "keys.txt": keys.encode("ascii"),
+            })
+        writer.close()
+
+
+def decode_pack(sample: Mapping[str, Any], where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode one pack (a webdataset-style sample dict) into images (n,28,28), labels (n,) and keys."""
+    missing = [m for m in MEMBERS if m not in sample]
+    if missing:
+        raise UserError(f"{where}: pack {sample.get('__key__')} lacks {', '.join(missing)}; the shard is "
+                        f"corrupt, rerun `distgan prepare`")
+    labels = np.frombuffer(sample["labels.u8"], dtype=np.uint8)
+    n = len(labels)
+    raw = sample["images.u8"]
+    try:
+        keys = bytes(sample["keys.txt"]).decode("ascii").split("\n") if n else []
+    except UnicodeDecodeError:
+        keys = []
+    if len(raw) != n * IMAGE_BYTES or len(keys) != n:
+        raise UserError(f"{where}: pack {sample.get('__key__')} has {len(raw)} image bytes and {len(keys)} "
+                        f"keys for {n} labels; the shard is corrupt, rerun `distgan prepare`")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(n, ROWS, COLS), labels, keys
+
+
+def _corrupt(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}; the shard is truncated or corrupt, rerun `distgan prepare`")
+
+
+def _packs(path: Path, data: bytes) -> list[dict[str, Any]]:
+    """Group the members of an uncompressed tar (held in `data`) into packs, checking each header first.
+
+    Why the stdlib `tarfile` and not webdataset's pipeline: we always read whole packed shards (no
+    streaming, shuffling or URL handling to gain), webdataset's tar reader lives in its internal
+    `tariterators` module, and it opens tars with mode "r|*", which transparently gunzips a
+    compressed shard and reads each member whole, so a 1.4 MB shard holding a 1.5 GB member cost
+    3 GB of memory. Here only headers are parsed: each member's declared size is checked against
+    what a pack can hold (MAX_MEMBER_BYTES) *before* its bytes are touched, and the bytes are then
+    sliced out of the file already in memory. Shards are still written by webdataset's TarWriter and
+    stay readable by `wds.WebDataset(url)` (tests/test_prepare.py checks both).
+    """
+    if data[:2] == b"\x1f\x8b":
+        raise _corrupt(path, "is gzip-compressed, but distgan shards are plain tar files")
+    packs: list[dict[str, Any]] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar:
+            base = member.name.rsplit("/", 1)[-1]
+            key, dot, suffix = base.partition(".")
+            limit = MAX_MEMBER_BYTES.get(suffix)
+            if not dot or limit is None:
+                raise _corrupt(path, f"unexpected member {member.name!r} (a pack holds {', '.join(MEMBERS)})")
+            if member.size > limit:  # for a sparse member, the size it would expand to
+                raise _corrupt(path, f"member {member.name!r} declares {member.size} bytes, more than the "
+                                     f"{limit} a pack of {PACK_SIZE} images allows")
+            if not member.isfile() or member.issparse():
+                raise _corrupt(path, f"member {member.name!r} is not a plain regular file")
+            end = member.offset_data + member.size
+            if end > len(data):
+                raise _corrupt(path, f"member {member.name!r} runs past the end of the file")
+            if not packs or packs[-1]["__key__"] != key:
+                packs.append({"__key__": key})
+            if suffix in packs[-1]:
+                raise _corrupt(path, f"member {member.name!r} appears twice")
+            packs[-1][suffix] = data[member.offset_data:end]
+    return packs
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a whole shard: images (n,28,28) uint8, labels (n,) uint8, keys.
+
+    Memory is bounded by the shard's size on disk (plus the decoded arrays, the same size again). Any
+    read or format problem becomes a one-line UserError naming the shard.
+    """
+    try:
+        data = path.read_bytes()
+        packs = [decode_pack(p, str(path)) for p in _packs(path, data)]
+    except UserError:
+        raise
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: shard missing; rerun `distgan prepare`") from e
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        msg = str(e).split("\n")[0] or type(e).__name__
+        raise _corrupt(path, f"cannot read shard ({type(e).__name__}: {msg})") from e
+    if not packs:
+        return np.empty((0, ROWS, COLS), np.uint8), np.empty((0,), np.uint8), []
+    return (np.concatenate([p[0] for p in packs]), np.concatenate([p[1] for p in packs]),
+            [k for p in packs for k in p[2]])
+
+
+# -- manifest -------------------------------------------------------------------------------------
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _field(path: Path, field: str, problem: str) -> UserError:
+    return UserError(f"{path}: field {field!r} {problem}; the manifest does not match its shards, rerun "
+                     f"`distgan prepare --out {path.parent}`")
+
+
+def _validate_split(path: Path, split: str, entry: Any) -> None:
+    """Check one `splits.<split>` entry: count, shard list, and that the counts add up."""
+    where = f"splits.{split}"
+    if not isinstance(entry, dict):
+        raise _field(path, where, "must be an object")
+    for key in ("count", "shards"):
+        if key not in entry:
+            raise _field(path, f"{where}.{key}", "is missing")
+    if not _is_int(entry["count"], 0):
+        raise _field(path, f"{where}.count", f"must be an integer >= 0, not {entry['count']!r}")
+    if not isinstance(entry["shards"], list):
+        raise _field(path, f"{where}.shards", "must be a list")
+    names: set[str] = set()
+    for i, shard in enumerate(entry["shards"]):
+        at = f"{where}.shards[{i}]"
+        if not isinstance(shard, dict):
+            raise _field(path, at, "must be an object")
+        for key in ("name", "count", "bytes", "sha256"):
+            if key not in shard:
+                raise _field(path, f"{at}.{key}", "is missing")
+        name = shard["name"]
+        if not isinstance(name, str) or not is_shard_name(split, name):
+            raise _field(path, f"{at}.name", f"{name!r} is not a plain shard file name like "
+                                             f"{shard_name(split, 0)!r}")
+        if name in names:
+            raise _field(path, f"{at}.name", f"{name!r} is listed twice")
+        names.add(name)
+        if not _is_int(shard["count"], 1):
+            raise _field(path, f"{at}.count", f"must be an integer >= 1, not {shard['count']!r}")
+        if not _is_int(shard["bytes"], 1):
+            raise _field(path, f"{at}.bytes", f"must be a positive integer, not {shard['bytes']!r}")
+        if not isinstance(shard["sha256"], str) or not _SHA256.match(shard["sha256"]):
+            raise _field(path, f"{at}.sha256", "must be 64 lowercase hex digits")
+    total = sum(s["count"] for s in entry["shards"])
+    if entry["count"] != total:
+        raise _field(path, f"{where}.count", f"is {entry['count']} but its shards hold {total} "
+                                             f"(the sum of {where}.shards[].count)")
+
+
+def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
+    """Check a loaded manifest completely; a one-line UserError naming `path` and the bad field."""
+    out = path.parent
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a distgan shard manifest; rerun `distgan prepare --out {out}`")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path}: manifest version {manifest.get('version')}, this distgan reads "
+                        f"{FORMAT_VERSION}; rerun `distgan prepare --out {out}`")
+    if _INCOMPLETE in manifest:
+        raise UserError(f"{path}: `distgan prepare` did not finish writing {out} (interrupted, or still "
+                        f"running); rerun `distgan prepare --out {out}`")
+    for key in ("sample", "shard_size", "source", "splits", "totals"):
+        if key not in manifest:
+            raise _field(path, key, "is missing")
+    sample = manifest["sample"]
+    if not isinstance(sample, dict) or sample.get("pack_size") != PACK_SIZE \
+            or sample.get("image") != [ROWS, COLS] or sample.get("dtype") != "uint8":
+        raise _field(path, "sample", f"must describe packs of {PACK_SIZE} uint8 {ROWS}x{COLS} images")
+    if not _is_int(manifest["shard_size"], 1):
+        raise _field(path, "shard_size", f"must be an integer >= 1, not {manifest['shard_size']!r}")
+    if not isinstance(manifest["source"], dict):
+        raise _field(path, "source", "must be an object")
+    splits = manifest["splits"]
+    if not isinstance(splits, dict) or not splits:
+        raise _field(path, "splits", "must be a non-empty object")
+    for split, entry in splits.items():
+        if split not in SPLITS:
+            raise _field(path, f"splits.{split}", f"is not a known split ({', '.join(SPLITS)})")
+        _validate_split(path, split, entry)
+    totals = manifest["totals"]
+    want = {"samples": sum(e["count"] for e in splits.values()),
+            "shards": sum(len(e["shards"]) for e in splits.values()),
+            **{name: e["count"] for name, e in splits.items()}}
+    if totals != want:
+        raise _field(path, "totals", f"is {totals!r} but the splits add up to {want!r}")
+    return manifest
+
+
+def load_manifest_json(path: Path) -> Any:
+    """The parsed JSON of a manifest file, unvalidated; UserError if missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: missing; run `distgan prepare --out {path.parent}` first") from e
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); rerun `distgan prepare --out {path.parent}`") from e
+
+
+def is_distgan_manifest(obj: Any) -> bool:
+    """True if a parsed manifest.json was written by distgan (any version, complete or not)."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load DIR/manifest.json and validate all of it; a one-line UserError if absent or unusable."""
+    path = Path(out) / MANIFEST
+    return validate_manifest(path, load_manifest_json(path))
+
+
+def write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
+    """Write DIR/manifest.json atomically (key-sorted, indent 2, trailing newline)."""
+    write_json_atomic(out / MANIFEST, manifest)
+
+
+def write_incomplete_manifest(out: Path) -> None:
+    """Replace DIR/manifest.json with a placeholder that marks DIR as distgan's while shards are rewritten:
+    readers refuse it (an old manifest never describes half-rewritten shards) and a crashed run leaves
+    proof of ownership for the next `prepare`."""
+    write_manifest(out, {"format": FORMAT, "version": FORMAT_VERSION,
+                         _INCOMPLETE: "distgan prepare is writing this directory"})
+
+
+# -- integrity ------------------------------------------------------------------------------------
+
+# path -> (size, mtime_ns, inode, sha256) of shards already hashed in this process, so that building
+# the loader again each epoch does not re-hash unchanged files.
+_VERIFIED: dict[str, tuple[int, int, int, str]] = {}
+
+
+def verify_split(out: Path, manifest: Mapping[str, Any], split: str) -> None:
+    """Check that every shard of `split` exists with the manifest's size and sha256 (UserError if not).
+
+    Each file is hashed once per process while its size, mtime and inode stay the same.
+    """
+    for shard in manifest["splits"][split]["shards"]:
+        path = out / split / shard["name"]
+        try:
+            st = path.stat()
+        except FileNotFoundError as e:
+            raise UserError(f"{path}: shard missing; rerun `distgan prepare --out {out}`") from e
+        if st.st_size != shard["bytes"]:
+            raise UserError(f"{path}: {st.st_size} bytes but the manifest says {shard['bytes']} (truncated "
+                            f"or modified); rerun `distgan prepare --out {out}`")
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, shard["sha256"])
+        if _VERIFIED.get(str(path)) == sig:
+            continue
+        if file_sha256(path) != shard["sha256"]:
+            raise UserError(f"{path}: sha256 differs from {out / MANIFEST} (corrupt or modified); rerun "
+                            f"`distgan prepare --out {out}`")
+        _VERIFIED[str(path)] = sig
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "PACK_SIZE", "SPLITS", "MEMBERS", "IMAGE_BYTES",
+           "MAX_MEMBER_BYTES", "shard_name", "is_shard_name", "sample_key", "write_shard", "read_shard",
+           "decode_pack", "validate_manifest", "load_manifest_json", "is_distgan_manifest", "read_manifest",
+           "write_manifest", "write_incomplete_manifest", "verify_split"]
