@@ -15,16 +15,18 @@ import numpy as np
 import torch
 
 from distgan.data import build_loader, load_split, samples_per_epoch
+from distgan.data.idx import COLS, ROWS
+from distgan.data.shards import MANIFEST
 from distgan.errors import UserError
 
 
 def _split_dir(shards: Path, split: str) -> Path:
     """The split directory for DIR (prepare output) or DIR (already a split dir)."""
-    if (shards / "manifest.json").is_file():
+    if (shards / MANIFEST).is_file():
         return shards / split
-    if (shards.parent / "manifest.json").is_file():
+    if (shards.parent / MANIFEST).is_file():
         return shards
-    raise UserError(f"--shards {shards}: no manifest.json here or in the parent; pass the `distgan prepare` "
+    raise UserError(f"--shards {shards}: no {MANIFEST} here or in the parent; pass the `distgan prepare` "
                     f"output directory or one of its split directories")
 
 
@@ -74,7 +76,7 @@ def _per_sample_wds_rate(split_dir: Path, batch_size: int, min_seconds: float) -
                 writer.write({"__key__": f"{i:06d}", "u8": img.tobytes(), "cls": str(label).encode()})
 
         def decode(s: dict) -> tuple[np.ndarray, int]:
-            return np.frombuffer(s["u8"], np.uint8).reshape(1, 28, 28), int(s["cls"])
+            return np.frombuffer(s["u8"], np.uint8).reshape(1, ROWS, COLS), int(s["cls"])
 
         images, epoch = 0, 0
         start = time.perf_counter()
@@ -96,7 +98,7 @@ def _decode_costs(split_dir: Path, n: int) -> list[tuple[str, float, int]]:
     png_decode = autodecode.imagehandler("l8")
     encodings: list[tuple[str, Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]] = [
         ("raw uint8 bytes (.u8)", lambda a: a.tobytes(),
-         lambda b: np.frombuffer(b, np.uint8).reshape(28, 28)),
+         lambda b: np.frombuffer(b, np.uint8).reshape(ROWS, COLS)),
         ("npy (.npy)", wds.writer.numpy_dumps, autodecode.npy_loads),
         ("PNG (.png)", lambda a: wds.writer.imageencoder(a, "png"), lambda b: png_decode("png", b)),
     ]
