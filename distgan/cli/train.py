@@ -1,4 +1,4 @@
-"""`distgan train --config FILE [key.sub=value ...]`, in one process or under `accelerate launch`."""
+"""`distgan train --config FILE [key.sub=value ...] [--print-config]`, in one process or under `accelerate launch`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,22 @@ import argparse
 import logging
 import os
 
-from distgan.config import load_config
+from distgan.config import dump_config, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="override any config key, e.g. train.steps=2000 run.dir=runs/x")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (file + overrides + defaults) as YAML and exit")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:  # before any trainer import or file access beyond the config file
+        print(dump_config(cfg), end="")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
     from distgan.training.trainer import train  # heavy imports only once the config is valid
