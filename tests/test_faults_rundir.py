@@ -76,3 +76,26 @@ def test_python_api_trains_samples_and_releases_the_lock(mnist_shards, tmp_path)
     # the lock was released when train() returned: a second train() in the same process resumes and finishes
     cfg.train.steps = 25
     assert distgan.train(cfg).step == 25
+
+
+def test_resume_auto_refuses_another_experiment_and_run_dir_auto_survives_a_requeue(mnist_shards, tmp_path):
+    """A new run with other hyperparameters on an old run.dir stops with one line listing the differences;
+    run.dir=auto names the directory after the config and the SLURM job id, so a requeue finds it again."""
+    env = child_env(SLURM_JOB_ID="4242")
+    env.pop("SLURM_ARRAY_JOB_ID", None)
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    base = ["train", "--config", str(REPO / "configs" / "debug.yaml"), f"data.dir={mnist_shards}", "run.dir=auto",
+            "wandb.mode=disabled"]
+    first = run_cli([*base, "train.steps=10"], timeout=180, cwd=tmp_path, env=env)
+    run = tmp_path / "runs" / "debug-4242"
+    assert f"run directory: {run.relative_to(tmp_path)}" in first.stdout
+    assert [s for s, _ in complete_checkpoints(run)] == [10]
+    refused = run_cli([*base, "train.steps=20", "train.lr_d=0.001", "seed=7"], timeout=120, cwd=tmp_path, env=env,
+                      check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "distgan train: error: cannot resume runs/debug-4242: the config differs in seed (0 -> 7), train.lr_d "
+        "(0.0002 -> 0.001); use a new run.dir, or resume=<checkpoint dir> to continue from it with the new "
+        "values on purpose"]
+    again = run_cli([*base, "train.steps=20"], timeout=180, cwd=tmp_path, env=env)  # the requeued job
+    assert "finished at step 20" in again.stdout and "resumed from" in again.stdout + again.stderr

@@ -116,9 +116,13 @@ def test_mixed_precision_runs(mnist_shards, tmp_path, precision):
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(mnist_shards, tmp_path):
     run = tmp_path / "run"
-    train(mnist_shards, run, "train.steps=5", "checkpoint.every=5")
-    proc = train(mnist_shards, run, "train.steps=400", "train.lr_d=1e30", "train.lr_g=1e30",
-                 "train.nan_patience=3", "checkpoint.every=5", check=False)
+    # An 8-layer WGAN critic without penalty at lr 1 overflows within a few steps. The second run changes
+    # the learning rates, so it resumes from an explicit checkpoint (resume=auto would refuse the change).
+    deep = ("loss.kind=wgan-gp", "loss.gp_weight=0", "model.d_hidden=[64,64,64,64,64,64,64,64]")
+    train(mnist_shards, run, "train.steps=5", "checkpoint.every=5", *deep)
+    proc = train(mnist_shards, run, "train.steps=400", "train.lr_d=1", "train.lr_g=1", *deep,
+                 f"resume={run / 'checkpoints' / 'step_0000005'}", "train.nan_patience=3", "checkpoint.every=5",
+                 check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
     assert "training diverged" in err or "non-finite" in err, proc.stderr[-2000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,20 @@ import yaml
 
 from distgan.atomic import write_json_atomic, write_text_atomic
 from distgan.collectives import on_main, sync_buffers
-from distgan.config import Config, config_from_dict, dump_config, model_fingerprint
+from distgan.config import (
+    AUTO_RUN_DIR,
+    Config,
+    auto_run_dir,
+    config_from_dict,
+    describe_conflicts,
+    dump_config,
+    model_fingerprint,
+)
 from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
 from distgan.locks import DirLock
 from distgan.training.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from distgan.training.preemption import slurm_job_id
 
 
 class RunDir:
@@ -56,9 +66,14 @@ class RunDir:
             ckpt = latest_checkpoint(self.path, warn=self.acc.is_main_process)
             if ckpt is None:
                 return None
-        else:
+            # An automatic resume must continue the same experiment: a new run with other hyperparameters
+            # on an old run.dir would otherwise silently pick up its checkpoint (and may stop at once).
+            problem = describe_conflicts(self.path, _saved_config(ckpt), cfg)
+            if problem:
+                raise UserError(problem)
+        else:  # an explicit checkpoint: only the networks and the loss must match; new values are on purpose
             ckpt = resolve_checkpoint(cfg.resume)
-        _check_same_model(cfg, read_checkpoint_config(ckpt), ckpt)
+            _check_same_model(cfg, _saved_config(ckpt), ckpt)
         return ckpt
 
     def write_config(self, cfg: Config) -> None:
@@ -77,12 +92,25 @@ class RunDir:
         write_json_atomic(self.path / "ranks" / f"rank_{self.acc.process_index}.json", report)
 
 
-def _check_same_model(cfg: Config, saved_yaml: str, where: Path) -> None:
-    saved = model_fingerprint(config_from_dict(yaml.safe_load(saved_yaml)))
-    wanted = model_fingerprint(cfg)
-    if saved != wanted:
-        diffs = [k for k in wanted["model"] if wanted["model"][k] != saved["model"].get(k)]
-        if wanted["loss.kind"] != saved["loss.kind"]:
+def resolve_run_path(cfg: Config, accelerator: Any) -> Path:
+    """`run.dir`, with `auto` made `runs/<config name>-<SLURM job id, else a timestamp>` (the same on every
+    rank: the main process picks it; a requeued SLURM job keeps its id, so it finds its directory again)."""
+    if cfg.run.dir != AUTO_RUN_DIR:
+        return Path(cfg.run.dir)
+    return Path(on_main(accelerator, lambda: auto_run_dir(cfg.name or "run", slurm_job_id(),
+                                                          time.strftime("%Y%m%d-%H%M%S"))))
+
+
+def _saved_config(ckpt: Path) -> Config:
+    """The config a checkpoint was trained with (validated like any config)."""
+    return config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
+
+
+def _check_same_model(cfg: Config, saved: Config, where: Path) -> None:
+    wanted, had = model_fingerprint(cfg), model_fingerprint(saved)
+    if had != wanted:
+        diffs = [k for k in wanted["model"] if wanted["model"][k] != had["model"].get(k)]
+        if wanted["loss.kind"] != had["loss.kind"]:
             diffs.append("loss.kind")
         keys = ", ".join(k if k == "loss.kind" else f"model.{k}" for k in diffs)
         raise UserError(f"cannot resume {where}: it was trained with a different {keys}; "

@@ -27,7 +27,7 @@ from distgan.training.gan_step import GANStep
 from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.preemption import PreemptionWatcher
-from distgan.training.run_dir import RunDir
+from distgan.training.run_dir import RunDir, resolve_run_path
 from distgan.training.sampling import fixed_noise, generate_images
 from distgan.training.scalar_log import ScalarLog
 from distgan.training.tracking import grid_image, resolve_mode, save_png, start_tracking, wandb_image
@@ -77,7 +77,7 @@ class Trainer:
     """One training run: its parts, built from `cfg`, and the loop over them."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = cfg.model_copy(deep=True)  # resolved below (run.dir=auto); the caller's stays as is
         self.watcher = PreemptionWatcher(cfg.preempt.signals, cfg.preempt.requeue_signals)
         self.watcher.install()  # first, so a signal during start-up is not lost
         self.run_dir: RunDir | None = None
@@ -91,6 +91,7 @@ class Trainer:
         self.wandb_mode = resolve_mode(cfg.wandb.mode)
         self.acc = acc = make_accelerator(cfg, self.wandb_mode)
         self.precision = Precision(cfg.mixed_precision, acc.device)
+        cfg.run.dir = str(resolve_run_path(cfg, acc))
         self.run_dir = RunDir(Path(cfg.run.dir), acc)
         resume_from = self.run_dir.resume_point(cfg)
         self.run_dir.write_config(cfg)
