@@ -1,5 +1,6 @@
-"""Unit tests of distgan.training.preemption: signal parsing, the flag-only handler, the all-ranks agreement
-(2 gloo processes) and `scontrol requeue` (a fake scontrol on PATH)."""
+"""Unit tests of distgan.training.preemption: signal parsing, the flag-only handler, Ctrl-C, the
+interruptible block, the all-ranks agreement (2 gloo processes) and `scontrol requeue` (a fake scontrol on
+PATH). The end-to-end Ctrl-C runs are in test_faults_signals.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +18,22 @@ from conftest import PYTHON, REPO, free_port
 from conftest import test_env as child_env  # not collected as a test
 
 from distgan.errors import UserError
-from distgan.training.preemption import PreemptionWatcher, parse_signal, slurm_job_id
+from distgan.training.preemption import (
+    CTRL_C_MESSAGE,
+    PreemptionWatcher,
+    StopRequested,
+    installed_watcher,
+    parse_signal,
+    slurm_job_id,
+)
+
+ONE_PROCESS = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
+
+
+def _deliver(sig: signal.Signals) -> None:
+    """Send `sig` to this process and give Python the chance to run its handler (in this thread)."""
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -43,12 +60,12 @@ def test_handler_only_sets_a_flag_and_remembers_the_first_signal():
     w = PreemptionWatcher(["USR2", "USR1"])
     w.install()
     try:
-        assert not w.local_flag and w.signal_name is None
-        assert not w.requested(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+        assert w.signal_name is None
+        assert not w.requested(ONE_PROCESS)
         os.kill(os.getpid(), signal.SIGUSR2)
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert w.local_flag and w.signal_name == "USR2"
-        assert w.requested(SimpleNamespace(num_processes=1, device=torch.device("cpu")))
+        assert w.signal_name == "USR2"
+        assert w.requested(ONE_PROCESS)
     finally:
         w.uninstall()
     assert signal.getsignal(signal.SIGUSR2) == before
@@ -76,11 +93,109 @@ def test_handler_overrides_an_inherited_sig_ign():
     code = ("import os, signal; from distgan.training.preemption import PreemptionWatcher\n"
             "assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN\n"
             "w = PreemptionWatcher(['USR1']); w.install(); os.kill(os.getpid(), signal.SIGUSR1)\n"
-            "print('flag', w.local_flag, w.signal_name)\n")
+            "print('flag', w.requested(None), w.signal_name)\n")
     proc = subprocess.run(["bash", "-c", 'trap "" USR1 USR2; exec "$0" -c "$1"', PYTHON, code],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "flag True USR1" in proc.stdout
+
+
+def test_ctrl_c_is_watched_without_being_listed_and_does_not_requeue(capfd):
+    """The first SIGINT only sets the flag (stop at the next step, no requeue) and says so on stderr."""
+    before = signal.getsignal(signal.SIGINT)
+    w = PreemptionWatcher(["USR1"], requeue_signals=["USR1"])
+    w.install()
+    try:
+        assert installed_watcher() is w
+        _deliver(signal.SIGINT)
+        assert w.signal_name == "INT"
+        assert w.requested(ONE_PROCESS) and not w.should_requeue
+    finally:
+        w.uninstall()
+    assert installed_watcher() is None
+    assert signal.getsignal(signal.SIGINT) == before
+    assert CTRL_C_MESSAGE in capfd.readouterr().err
+
+
+def test_second_ctrl_c_aborts_at_once():
+    w = PreemptionWatcher()
+    w.install()
+    try:
+        _deliver(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            _deliver(signal.SIGINT)
+    finally:
+        w.uninstall()
+
+
+def test_ctrl_c_after_another_stop_signal_still_needs_two_presses():
+    """A SIGTERM first: the first Ctrl-C then still only asks for the stop."""
+    w = PreemptionWatcher()
+    w.install()
+    try:
+        _deliver(signal.SIGTERM)
+        _deliver(signal.SIGINT)
+        assert w.signal_name == "TERM"
+        with pytest.raises(KeyboardInterrupt):
+            _deliver(signal.SIGINT)
+    finally:
+        w.uninstall()
+
+
+def test_ctrl_c_listed_in_requeue_signals_requeues():
+    w = PreemptionWatcher(["INT"], requeue_signals=["INT"])
+    w.install()
+    try:
+        _deliver(signal.SIGINT)
+        assert w.requested(ONE_PROCESS) and w.should_requeue
+    finally:
+        w.uninstall()
+
+
+def test_an_inherited_ignored_sigint_stays_ignored_unless_listed():
+    """`nohup`/a script's background job starts with SIGINT ignored: that choice is kept, unless INT is listed."""
+    code = ("import signal; from distgan.training.preemption import PreemptionWatcher\n"
+            "w = PreemptionWatcher(['TERM']); w.install()\n"
+            "print('default', signal.getsignal(signal.SIGINT) == signal.SIG_IGN); w.uninstall()\n"
+            "w = PreemptionWatcher(['TERM', 'INT']); w.install()\n"
+            "print('listed', signal.getsignal(signal.SIGINT) == signal.SIG_IGN)\n")
+    proc = subprocess.run(["bash", "-c", 'trap "" INT; exec "$0" -c "$1"', PYTHON, code],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "default True" in proc.stdout and "listed False" in proc.stdout
+
+
+def test_interrupting_ends_a_blocking_wait_on_a_stop_signal():
+    """Inside `interrupting()` a stop signal raises StopRequested at once; the flag stays set for the loop."""
+    w = PreemptionWatcher()
+    w.install()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StopRequested) as caught, w.interrupting():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # stands in for wandb.init waiting for an unreachable server
+        assert time.monotonic() - t0 < 10
+        assert caught.value.signal_name == "TERM"
+        assert w.requested(ONE_PROCESS) and not w.should_requeue
+        _deliver(signal.SIGUSR1)  # outside the block: only the flag
+        assert w.requested(ONE_PROCESS) and w.should_requeue
+        with pytest.raises(StopRequested):  # a stop already pending: the block does not even start
+            with w.interrupting():
+                raise AssertionError("the block ran although a stop was pending")
+    finally:
+        w.uninstall()
+
+
+def test_interrupting_without_a_signal_changes_nothing():
+    w = PreemptionWatcher()
+    w.install()
+    try:
+        with w.interrupting():
+            time.sleep(0.05)
+        _deliver(signal.SIGUSR2)  # after the block: no exception
+        assert w.signal_name == "USR2"
+    finally:
+        w.uninstall()
 
 
 _AGREE = """

@@ -10,18 +10,29 @@ training with a checkpoint, but does not requeue: SLURM sends it for `scancel` (
 cancelled job back: `scontrol requeue` accepts a cancelled job), at the time limit, and when it
 preempts a job itself (then SLURM requeues it or not, by its own PreemptMode).
 
+Ctrl-C (SIGINT) is always watched, whatever `preempt.signals` says, and never requeues unless INT is
+listed in `preempt.requeue_signals`: the first one prints a line and stops with a checkpoint at the next
+step boundary (the run exits 0); a second one raises KeyboardInterrupt at once (the CLI exits 130). An
+inherited SIG_IGN for SIGINT (`nohup`, a background job of a script) is kept unless INT is listed.
+
+A blocking call that must not outlive a stop signal (wandb.init waiting for an unreachable server) runs
+inside `with watcher.interrupting():`; there a stop signal, after setting the flag, raises StopRequested.
+
 Under `accelerate launch` (torchrun) the launcher must not die of SIGUSR1/2: launch/slurm/train.sbatch
 runs it with those signals ignored, and SLURM delivers the signal to every process of the step.
+torchrun starts its workers in their own session, so a Ctrl-C at the terminal reaches torchrun only,
+which forwards one SIGINT to each worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from distgan.errors import UserError
@@ -34,6 +45,25 @@ DEFAULT_REQUEUE_SIGNALS: tuple[str, ...] = ("USR1", "USR2")
 _NONE, _STOP, _REQUEUE = 0, 1, 2
 # Signals a job may sensibly be warned with; KILL and STOP cannot be caught.
 ALLOWED_SIGNALS: tuple[str, ...] = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT", "CONT", "URG", "XCPU")
+CTRL_C_MESSAGE = "Ctrl-C: saving a checkpoint at the next step and stopping; press Ctrl-C again to abort now"
+
+_installed: PreemptionWatcher | None = None  # the watcher whose handlers are installed now
+
+
+class StopRequested(BaseException):
+    """Raised by a stop signal inside `PreemptionWatcher.interrupting()`, to end a blocking wait.
+
+    A BaseException (like KeyboardInterrupt), so that library code catching Exception lets it through.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"SIG{name}")
+        self.signal_name = name
+
+
+def installed_watcher() -> PreemptionWatcher | None:
+    """The watcher whose handlers are installed in this process now (like `signal.getsignal`), or None."""
+    return _installed
 
 
 def parse_signal(name: str) -> signal.Signals:
@@ -61,35 +91,64 @@ class PreemptionWatcher:
         self._flag = False
         self._wants_requeue = False
         self._signal: signal.Signals | None = None
+        self._ctrl_c = 0  # SIGINTs received
+        self._interrupting = False
         self._agreed = _NONE
         self._previous: dict[signal.Signals, Any] = {}
 
     # -- local side ---------------------------------------------------------------------------
     def install(self) -> None:
-        """Install the handlers (main thread only). Overrides an inherited SIG_IGN."""
+        """Install the handlers (main thread only): the configured signals, overriding an inherited SIG_IGN,
+        and SIGINT (Ctrl-C) unless it is inherited as SIG_IGN and not configured."""
+        global _installed
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PreemptionWatcher.install() must be called from the main thread")
-        for sig in self.signals:
+        handled = list(self.signals)
+        if signal.SIGINT not in handled and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            handled.append(signal.SIGINT)
+        for sig in handled:
             self._previous[sig] = signal.signal(sig, self._handle)
+        _installed = self
 
     def uninstall(self) -> None:
         """Restore the handlers that were there before `install()`."""
+        global _installed
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+        if _installed is self:
+            _installed = None
 
     def _handle(self, signum: int, frame: object) -> None:
-        # Only set a flag: no I/O, no locks, no collectives in a signal handler.
+        # Only set flags: no locks, no collectives, no checkpoint in a signal handler. The Ctrl-C line goes
+        # straight to fd 2 (os.write), not through sys.stderr's buffer that the interrupted code may hold.
         sig = signal.Signals(signum)
+        if sig is signal.SIGINT:
+            self._ctrl_c += 1
+            if self._ctrl_c > 1:
+                raise KeyboardInterrupt
+            if os.environ.get("RANK", "0") == "0":
+                with contextlib.suppress(OSError):
+                    os.write(2, (CTRL_C_MESSAGE + "\n").encode())
         if not self._flag:
             self._signal = sig
         self._wants_requeue = self._wants_requeue or sig in self.requeue_signals
         self._flag = True
+        if self._interrupting:
+            self._interrupting = False  # once: the caller's clean-up must not be interrupted again
+            raise StopRequested(sig.name.removeprefix("SIG"))
 
-    @property
-    def local_flag(self) -> bool:
-        """Whether this process received one of the signals."""
-        return self._flag
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Within this block a stop signal (or one that already came) raises StopRequested after setting
+        the flag, so that a blocking wait ends now; `requested()` still reports the stop afterwards."""
+        if self._signal is not None:
+            raise StopRequested(self.signal_name or "")
+        self._interrupting = True
+        try:
+            yield
+        finally:
+            self._interrupting = False
 
     @property
     def signal_name(self) -> str | None:
