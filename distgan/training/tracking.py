@@ -1,13 +1,25 @@
 """Weights & Biases through accelerate's wandb tracker: mode choice, a run id kept in the run directory,
-and images logged as uint8 (a float tensor in [0, 1] comes out black in wandb 0.31)."""
+and images logged as uint8 (a float tensor in [0, 1] comes out black in wandb 0.31).
+
+W&B must never stop or stall training. `resolve_mode` refuses `online` without credentials (one line
+that says how to log in), before anything starts. `start_tracking` bounds the online `wandb.init` by
+WANDB_INIT_TIMEOUT (default 60 s), ends the wait at once on a stop signal (SIGTERM, SIGUSR1, Ctrl-C: the
+trainer then saves at its first step boundary), and on either, or any other error, continues with an
+offline run in RUN_DIR/wandb, to upload later with `wandb sync`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import math
 import netrc
 import os
 import secrets
+import signal
 import string
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,23 +28,63 @@ import numpy as np
 from PIL import Image
 
 from distgan.atomic import write_bytes_atomic, write_text_atomic
+from distgan.errors import UserError
+from distgan.training.preemption import PreemptionWatcher, StopRequested, installed_watcher
+
+log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id"
+DEFAULT_INIT_TIMEOUT_S = 60.0  # wandb's own default is 90 s, plus a 10 s grace
 
 
 def wandb_logged_in() -> bool:
-    """True when an API key is configured (environment or ~/.netrc), i.e. online logging can work."""
-    if os.environ.get("WANDB_API_KEY"):
+    """True when W&B credentials are configured the ways wandb reads them (WANDB_API_KEY,
+    WANDB_IDENTITY_TOKEN_FILE, or the netrc file at $NETRC or ~/.netrc for the server's host)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or None
     try:
-        return netrc.netrc().authenticators(host) is not None
+        return netrc.netrc(os.path.expanduser(path) if path else None).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
 
+def init_timeout() -> float:
+    """Seconds the online `wandb.init` may wait for the server: WANDB_INIT_TIMEOUT, else 60."""
+    text = os.environ.get("WANDB_INIT_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_INIT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"WANDB_INIT_TIMEOUT must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def check_wandb_login(mode: str) -> None:
+    """UserError (one line, says how to fix it) when `mode` is online but no W&B credentials are set."""
+    if mode == "online" and not wandb_logged_in():
+        raise UserError("wandb.mode=online but W&B is not logged in on this machine: run `wandb login` (or set "
+                        "WANDB_API_KEY), or train with wandb.mode=offline and `wandb sync` the run later")
+
+
 def resolve_mode(config_mode: str) -> str:
-    """The W&B mode: the config's, unless it is `auto`; then WANDB_MODE, else online iff logged in."""
+    """The W&B mode: the config's, unless it is `auto`; then WANDB_MODE, else online iff logged in.
+
+    Checks it can work, before anything starts: UserError for online without credentials, or for a bad
+    WANDB_INIT_TIMEOUT.
+    """
+    mode = _mode(config_mode)
+    check_wandb_login(mode)
+    if mode == "online":
+        init_timeout()
+    return mode
+
+
+def _mode(config_mode: str) -> str:
     if config_mode != "auto":
         return config_mode
     env = os.environ.get("WANDB_MODE", "").strip().lower()
@@ -54,13 +106,83 @@ def run_id(run_dir: Path) -> str:
 
 
 def start_tracking(accelerator: Any, *, mode: str, project: str, entity: str | None, name: str | None,
-                   run_dir: Path, config: dict[str, Any]) -> None:
-    """Start the wandb tracker on the main process (accelerate's trackers log from the main process only)."""
+                   run_dir: Path, config: dict[str, Any], watcher: PreemptionWatcher | None = None) -> str:
+    """Start the wandb tracker on the main process (accelerate's trackers log from the main process only).
+
+    Returns the mode the run got: "disabled" (also on other ranks), "online", or "offline" (asked for, or
+    the fallback when the online start failed, timed out, or was cut short by a stop signal of `watcher`,
+    by default the installed one).
+    """
     if mode == "disabled" or not accelerator.is_main_process:
-        return
+        return "disabled"
     init = {"id": run_id(run_dir), "resume": "allow", "dir": str(run_dir), "mode": mode,
             "name": name or run_dir.name, "entity": entity}
-    accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init})
+    if mode != "online":
+        accelerator.init_trackers(project, config=config, init_kwargs={"wandb": init})
+        return mode
+
+    import wandb
+
+    timeout = init_timeout()
+    # wandb's own error reporting posts to the same server at exit and waits up to 10 s a try when it
+    # does not answer; a training job gains nothing from it (set WANDB_ERROR_REPORTING=true to keep it).
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    watcher = watcher or installed_watcher()
+    started = len(accelerator.trackers)
+    try:
+        with watcher.interrupting() if watcher is not None else contextlib.nullcontext():
+            accelerator.init_trackers(project, config=config, init_kwargs={
+                "wandb": {**init, "settings": wandb.Settings(init_timeout=timeout)}})
+        return "online"
+    except StopRequested as e:
+        why = f"SIG{e.signal_name} came while the online W&B run was starting"
+    except Exception as e:  # noqa: BLE001 - any failure to go online falls back to offline, said in one line
+        why = f"the online W&B run did not start ({type(e).__name__}: {_one_line(e)}; timeout {timeout:g} s)"
+    del accelerator.trackers[started:]  # the failed tracker; init_trackers would start it again
+    _end_wandb_service()  # frees the run id held by wandb's service, so the offline run can use it
+    accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {**init, "mode": "offline"}})
+    log.warning("%s; continuing with W&B offline: upload it later with `wandb sync %s/wandb/offline-run-*`",
+                why, run_dir)
+    return "offline"
+
+
+def _end_wandb_service(wait_s: float = 3.0) -> None:
+    """`wandb.teardown()`, bounded. Teardown forgets the service at once (a new `wandb.init` starts a new
+    one), then waits for the service process to exit. After a stop signal that process keeps waiting for
+    the server until the init timeout, SIGTERM or not, even after this process exits (holding its stdout
+    and stderr open, so `distgan train | tee log` would hang): after `wait_s` it is killed. It is our own
+    child and holds only the run that failed to start."""
+    import wandb
+
+    stale = set(_own_children("wandb-core"))  # before the offline run starts a new service
+    teardown = threading.Thread(target=wandb.teardown, name="distgan-wandb-teardown", daemon=True)
+    teardown.start()
+    teardown.join(wait_s)
+    if teardown.is_alive():
+        for pid in stale.intersection(_own_children("wandb-core")):
+            log.info("wandb's service (pid %d) is still waiting for the server; killing it", pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        teardown.join(wait_s)
+
+
+def _own_children(name: str) -> list[int]:
+    """Pids of this process's children whose command name is `name` (Linux /proc; [] elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+            if comm == name and int(rest[1]) == os.getpid():
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def grid_image(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
