@@ -34,13 +34,13 @@ def _start_training(tmp_path: Path, shards: Path, *overrides: str) -> tuple[subp
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
     _fake_scontrol(bin_dir, calls)
     env = child_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="777")
-    out, err = (tmp_path / "stdout").open("w"), (tmp_path / "stderr").open("w")
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "distgan", "train", "--config", "configs/debug.yaml", f"data.dir={shards}",
-         "train.steps=100000", "checkpoint.every=1000", f"run.dir={run_dir}", "wandb.mode=disabled",
-         "log.progress=false", "log.grid_every=1000000", *overrides],
-        cwd=REPO, env=env, stdout=out, stderr=err, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    with (tmp_path / "stdout").open("w") as out, (tmp_path / "stderr").open("w") as err:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "distgan", "train", "--config", "configs/debug.yaml", f"data.dir={shards}",
+             "train.steps=100000", "checkpoint.every=1000", f"run.dir={run_dir}", "wandb.mode=disabled",
+             "log.progress=false", "log.grid_every=1000000", *overrides],
+            cwd=REPO, env=env, stdout=out, stderr=err, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, run_dir, calls
 
 

@@ -91,6 +91,33 @@ def _assert_no_service_left(pid: int, within: float = 20) -> None:
         time.sleep(0.2)
 
 
+def test_login_is_found_where_wandb_looks(tmp_path, monkeypatch):
+    """WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or a netrc entry for the server's host ($NETRC or ~/.netrc,
+    whatever its permissions, as wandb reads it); `auto` falls back to offline without one."""
+    from distgan.errors import UserError
+    from distgan.training.tracking import resolve_mode
+
+    for key in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "NETRC", "WANDB_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UserError, match="wandb login"):
+        resolve_mode("online")
+    assert resolve_mode("auto") == "offline" and resolve_mode("offline") == "offline"
+    netrc_file = tmp_path / ".netrc"
+    netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {API_KEY}\n")
+    netrc_file.chmod(0o644)
+    assert resolve_mode("online") == "online" and resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # another server: that entry does not count
+    with pytest.raises(UserError):
+        resolve_mode("online")
+    monkeypatch.setenv("NETRC", str(tmp_path / "other"))
+    (tmp_path / "other").write_text(f"machine 127.0.0.1 login user password {API_KEY}\n")
+    assert resolve_mode("online") == "online"
+    monkeypatch.delenv("NETRC")
+    monkeypatch.setenv("WANDB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+    assert resolve_mode("online") == "online"
+
+
 def test_online_without_login_is_one_line_error(mnist_shards, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(_train_args(mnist_shards, run_dir), env=_env(tmp_path), timeout=120, check=False)
@@ -163,7 +190,7 @@ def test_stop_signal_during_hanging_init_stops_promptly(mnist_shards, tmp_path, 
     stdout, stderr = out.read_text(), err.read_text()
     name = sig.name.removeprefix("SIG")
     assert proc.returncode == 0, stderr[-4000:]
-    assert f"SIG{name} came while the online W&B run was starting; continuing with W&B offline" in stderr
+    assert f"SIG{name} asked to stop before the online W&B run had started; continuing with W&B offline" in stderr
     assert f"preempted by SIG{name}; checkpoint saved at step 1" in stdout, stdout[-3000:]
     assert (run_dir / "checkpoints" / "step_0000001" / "COMPLETE").exists()
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1

@@ -43,9 +43,9 @@ def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    path = os.environ.get("NETRC") or None
+    path = os.path.expanduser(os.environ.get("NETRC") or "~/.netrc")  # explicit, as wandb reads it
     try:
-        return netrc.netrc(os.path.expanduser(path) if path else None).authenticators(host) is not None
+        return netrc.netrc(path).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
@@ -135,7 +135,7 @@ def start_tracking(accelerator: Any, *, mode: str, project: str, entity: str | N
                 "wandb": {**init, "settings": wandb.Settings(init_timeout=timeout)}})
         return "online"
     except StopRequested as e:
-        why = f"SIG{e.signal_name} came while the online W&B run was starting"
+        why = f"SIG{e.signal_name} asked to stop before the online W&B run had started"
     except Exception as e:  # noqa: BLE001 - any failure to go online falls back to offline, said in one line
         why = f"the online W&B run did not start ({type(e).__name__}: {_one_line(e)}; timeout {timeout:g} s)"
     del accelerator.trackers[started:]  # the failed tracker; init_trackers would start it again
