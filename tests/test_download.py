@@ -16,7 +16,8 @@ import pytest
 from conftest import free_port, run_cli
 from conftest import test_env as child_env  # aliased: pytest would collect a `test_*` name
 
-from distgan.data.download import DEFAULT_MIRRORS, OFFICIAL_MD5, download_mnist, resolve_mirrors
+from distgan.data.datasets import FASHION_MNIST
+from distgan.data.download import DEFAULT_MIRRORS, OFFICIAL_MD5, download_dataset, download_mnist, resolve_mirrors
 from distgan.data.idx import FILES
 from distgan.data.prepare import prepare
 from distgan.errors import UserError
@@ -93,6 +94,12 @@ def test_default_table_and_mirrors():
     assert resolve_mirrors(None, {}) == list(DEFAULT_MIRRORS)
     assert resolve_mirrors(None, {"DISTGAN_MNIST_MIRRORS": "http://a/x, http://b/"}) == ["http://a/x/", "http://b/"]
     assert resolve_mirrors(["http://c"], {"DISTGAN_MNIST_MIRRORS": "http://a/"}) == ["http://c/"]
+    env = {"DISTGAN_FASHION_MNIST_MIRRORS": "http://f/", "DISTGAN_MNIST_MIRRORS": "http://a/"}
+    assert resolve_mirrors(None, env, dataset="fashion-mnist") == ["http://f/"]
+    assert resolve_mirrors(None, {}, dataset="fashion-mnist")[0] == \
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    with pytest.raises(UserError, match="unknown dataset; known: mnist, fashion-mnist"):
+        resolve_mirrors(None, {}, dataset="cifar")
 
 
 def test_good_mirror_with_progress(serve, small_mnist, tmp_path, capsys):
@@ -144,7 +151,8 @@ def test_prepare_from_download(serve, small_mnist, tmp_path):
     good, md5 = small_mnist
     manifest = prepare(tmp_path / "out", mirrors=[serve(good)], md5=md5, progress=False, log=lambda s: None)
     assert manifest["totals"] == {"samples": 50, "shards": 2, "train": 30, "test": 20}
-    assert manifest["source"]["t10k-images-idx3-ubyte.gz"]["md5"] == md5["t10k-images-idx3-ubyte.gz"]
+    assert manifest["source"]["files"]["t10k-images-idx3-ubyte.gz"]["md5"] == md5["t10k-images-idx3-ubyte.gz"]
+    assert manifest["dataset"] == "mnist" and manifest["classes"]["names"] == [str(i) for i in range(10)]
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
     assert sorted(p.name for p in (tmp_path / "out" / "raw").iterdir()) == sorted(FILES.values())
 
@@ -169,3 +177,57 @@ def test_cli_env_mirrors_no_network(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("distgan prepare: error: no network") and "--raw-dir" in last, proc.stderr
+
+
+FASHION_RAW = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+FASHION_GZ_MD5 = {  # zalandoresearch/fashion-mnist README (also in that package's README.md.gz)
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+
+@pytest.fixture(scope="module")
+def fashion_raw() -> Path:
+    if not (FASHION_RAW / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"Fashion-MNIST not found at {FASHION_RAW}; apt-get install dataset-fashion-mnist")
+    return FASHION_RAW
+
+
+def test_fashion_mnist_download_checks_the_official_checksums(serve, fashion_raw, tmp_path):
+    """The real Fashion-MNIST files, served over HTTP. Debian recompressed them, so their gzip md5 is not
+    the README's: they pass on their decompressed content's official md5 and size; a changed byte fails."""
+    assert dict(FASHION_MNIST.md5) == FASHION_GZ_MD5
+    assert all(hashlib.md5((fashion_raw / n).read_bytes()).hexdigest() != m for n, m in FASHION_GZ_MD5.items())
+    paths = download_dataset("fashion-mnist", tmp_path / "raw", [serve(fashion_raw)], progress=False)
+    for role, name in FILES.items():
+        assert paths[role].read_bytes() == (fashion_raw / name).read_bytes()
+        want = FASHION_MNIST.content[name]
+        data = gzip.decompress(paths[role].read_bytes())
+        assert len(data) == want.size and hashlib.md5(data).hexdigest() == want.md5
+    # One changed image byte, recompressed as a valid gzip: neither checksum matches, nothing is kept.
+    bad = tmp_path / "bad_mirror"
+    bad.mkdir()
+    for name in FILES.values():
+        data = bytearray(gzip.decompress((fashion_raw / name).read_bytes()))
+        data[-1] ^= 0x01
+        (bad / name).write_bytes(gzip.compress(bytes(data), compresslevel=1, mtime=0))
+    with pytest.raises(UserError) as exc:
+        download_dataset("fashion-mnist", tmp_path / "raw2", [serve(bad)], progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg and "train-images-idx3-ubyte.gz" in msg and "md5" in msg and "decompressed" in msg
+    assert list((tmp_path / "raw2").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_fashion_mnist_from_a_mirror(serve, fashion_raw, tmp_path):
+    """`prepare --dataset fashion-mnist --mirror URL`: 70,000 images, the official class names."""
+    out = tmp_path / "out"
+    proc = run_cli(["prepare", "--dataset", "fashion-mnist", "--mirror", serve(fashion_raw), "--out", str(out)],
+                   timeout=300)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"] == "fashion-mnist" and manifest["totals"]["samples"] == 70000
+    assert manifest["classes"]["names"][0] == "T-shirt/top" and manifest["classes"]["names"][9] == "Ankle boot"
+    assert manifest["classes"]["counts"]["train"] == [6000] * 10
+    assert "train: 60000 images in 12 shards" in proc.stdout

@@ -119,8 +119,8 @@ def test_resume(shards7, resume_world, resume_workers):
 
 def test_load_split(mnist_raw, mnist_shards, shards7):
     x, y = load_split(shards7 / "test")
-    assert x.shape == (10000, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
-    assert np.array_equal(x.numpy(), parse_idx(mnist_raw / FILES["test_images"], kind="images"))
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    assert np.array_equal(x[:, 0].numpy(), parse_idx(mnist_raw / FILES["test_images"], kind="images"))
     assert np.array_equal(y.numpy(), parse_idx(mnist_raw / FILES["test_labels"], kind="labels"))
     x2, y2 = load_split(mnist_shards / "test")
     assert torch.equal(x, x2) and torch.equal(y, y2)

@@ -98,18 +98,32 @@ def test_header_count_disagrees_with_body(mnist_raw, tmp_path):
     assert "10001" in _one_line_error(exc, bad)
 
 
-def test_wrong_dimensions_and_label_range(mnist_raw, tmp_path):
+def test_any_image_size_and_label_byte(mnist_raw, tmp_path):
+    """H and W come from the header; labels may be any byte (a named dataset narrows them in prepare)."""
     raw = _raw(mnist_raw, "test_images")
-    bad = tmp_path / "images"
+    images = parse_idx(mnist_raw / FILES["test_images"], kind="images")
+    crop = np.ascontiguousarray(images[:100, :, :27])  # 100 real digits cut to 28x27
+    ok = tmp_path / "images"
+    ok.write_bytes(raw[:4] + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") + (27).to_bytes(4, "big")
+                   + crop.tobytes())
+    assert np.array_equal(parse_idx(ok, kind="images"), crop)
+    bad = tmp_path / "images_bad"  # the header says 28x27, the body is 28x28
     bad.write_bytes(raw[:12] + (27).to_bytes(4, "big") + raw[16:])
     with pytest.raises(UserError) as exc:
         parse_idx(bad, kind="images")
-    assert "28x27" in _one_line_error(exc, bad)
+    assert "trailing bytes" in _one_line_error(exc, bad)
     labels = tmp_path / "labels"
-    labels.write_bytes(b"\x00\x00\x08\x01" + (2).to_bytes(4, "big") + b"\x03\x0c")
+    labels.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x03\x0c\xff")
+    assert parse_idx(labels, kind="labels").tolist() == [3, 12, 255]
+
+
+def test_absurd_image_size(tmp_path):
+    bad = tmp_path / "images"
+    bad.write_bytes((0x803).to_bytes(4, "big") + (2).to_bytes(4, "big") + (28).to_bytes(4, "big")
+                    + (10**6).to_bytes(4, "big"))
     with pytest.raises(UserError) as exc:
-        parse_idx(labels, kind="labels")
-    assert "12" in _one_line_error(exc, labels)
+        parse_idx(bad, kind="images")
+    assert "28x1000000" in _one_line_error(exc, bad)
 
 
 def test_missing_file_in_raw_dir(mnist_raw, tmp_path):

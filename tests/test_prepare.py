@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from distgan.data.idx import FILES, parse_idx
 from distgan.data.prepare import prepare
-from distgan.data.shards import read_shard
+from distgan.data.shards import MNIST_LAYOUT, read_shard
 from distgan.locks import LOCK_FILE
 
 README_MD5 = {  # ../shared/data/mnist/README.md
@@ -31,9 +31,13 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_manifest_matches_files(mnist_shards):
     manifest = json.loads((mnist_shards / "manifest.json").read_text())
-    assert manifest["format"] == "distgan-mnist-shards" and manifest["version"] == 1
+    assert manifest["format"] == "distgan-shards" and manifest["version"] == 2
+    assert manifest["sample"]["shape"] == [1, 28, 28] and manifest["sample"]["pack_size"] == 1000
+    assert manifest["classes"]["names"] == [str(i) for i in range(10)] and manifest["dataset"] is None
+    assert manifest["classes"]["counts"]["train"] == [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
+    assert manifest["transform"] == {"resolution": None, "channels": None, "filter": None, "crop": None}
     assert manifest["totals"] == {"samples": 20000, "shards": 4, "train": 10000, "test": 10000}
-    assert {k: v["md5"] for k, v in manifest["source"].items()} == README_MD5
+    assert {k: v["md5"] for k, v in manifest["source"]["files"].items()} == README_MD5
     for split in ("train", "test"):
         entry = manifest["splits"][split]
         assert entry["count"] == sum(s["count"] for s in entry["shards"]) == 10000
@@ -60,8 +64,9 @@ def test_shards_are_plain_webdataset(mnist_shards, mnist_raw):
     assert np.array_equal(images, want[:1000]) and np.array_equal(labels, want_labels[:1000])
     assert keys[:2] == ["test-000000", "test-000001"] and len(keys) == 1000
     # distgan's own reader (stdlib tarfile) sees exactly what webdataset sees.
-    all_images, all_labels, all_keys = read_shard(Path(url))
-    assert np.array_equal(all_images, np.concatenate(
+    all_images, all_labels, all_keys = read_shard(Path(url), MNIST_LAYOUT)
+    assert all_images.shape == (5000, 1, 28, 28)
+    assert np.array_equal(all_images[:, 0], np.concatenate(
         [np.frombuffer(p["images.u8"], np.uint8).reshape(-1, 28, 28) for p in packs]))
     assert np.array_equal(all_labels, np.concatenate([np.frombuffer(p["labels.u8"], np.uint8) for p in packs]))
     assert all_keys == [k for p in packs for k in p["keys.txt"].decode().split("\n")]

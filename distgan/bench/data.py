@@ -1,7 +1,7 @@
 """`distgan bench data --shards DIR`: images/s through build_loader against in-memory slicing.
 
-DIR is the `distgan prepare` output (its `train` split is used, or `--split`) or a split directory.
-Also prints the per-image decode cost of three sample encodings (raw bytes, npy, PNG) with
+DIR is the `distgan prepare` output (its `train` split is used, or `--split`) or a split directory, of
+any image shape. Also prints the per-image decode cost of three sample encodings (raw bytes, npy, PNG) with
 webdataset's own encoders/decoders, which is why the shards hold packed raw bytes.
 """
 
@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distgan.data import build_loader, load_split, samples_per_epoch
-from distgan.data.idx import COLS, ROWS
+from distgan.data import build_loader, dataset_info, load_split, samples_per_epoch
 from distgan.data.shards import MANIFEST
 from distgan.errors import UserError
 
@@ -46,8 +45,7 @@ def _loader_rate(split_dir: Path, batch_size: int, workers: int, min_seconds: fl
 
 def _memory_rate(split_dir: Path, batch_size: int, min_seconds: float) -> tuple[float, int, float]:
     """(images/s, epochs, seconds) slicing shuffled batches out of one in-memory uint8 tensor."""
-    x, y = load_split(split_dir)
-    x = x.unsqueeze(1)
+    x, y = load_split(split_dir)  # (N, C, H, W)
     images, epoch = 0, 0
     start = time.perf_counter()
     while epoch == 0 or time.perf_counter() - start < min_seconds:
@@ -69,6 +67,7 @@ def _per_sample_wds_rate(split_dir: Path, batch_size: int, min_seconds: float) -
     import webdataset as wds
 
     x, y = load_split(split_dir)
+    shape = tuple(x.shape[1:])
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "per-sample.tar")
         with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as writer:
@@ -76,7 +75,7 @@ def _per_sample_wds_rate(split_dir: Path, batch_size: int, min_seconds: float) -
                 writer.write({"__key__": f"{i:06d}", "u8": img.tobytes(), "cls": str(label).encode()})
 
         def decode(s: dict) -> tuple[np.ndarray, int]:
-            return np.frombuffer(s["u8"], np.uint8).reshape(1, ROWS, COLS), int(s["cls"])
+            return np.frombuffer(s["u8"], np.uint8).reshape(shape), int(s["cls"])
 
         images, epoch = 0, 0
         start = time.perf_counter()
@@ -89,23 +88,35 @@ def _per_sample_wds_rate(split_dir: Path, batch_size: int, min_seconds: float) -
 
 
 def _decode_costs(split_dir: Path, n: int) -> list[tuple[str, float, int]]:
-    """(encoding, microseconds per image, bytes per image) decoding n images with webdataset's codecs."""
+    """(encoding, microseconds per image, bytes per image) decoding n images with webdataset's codecs.
+
+    Images are compared in each codec's own layout: C x H x W for raw bytes and npy, H x W (grayscale)
+    or H x W x 3 for PNG."""
     import webdataset as wds
     from webdataset import autodecode
 
     x, _ = load_split(split_dir)
+    shape = tuple(x.shape[1:])
+    gray = shape[0] == 1
     imgs = [a for a in x[:n].numpy()]
-    png_decode = autodecode.imagehandler("l8")
+    png_decode = autodecode.imagehandler("l8" if gray else "rgb8")
+
+    def hwc(a: np.ndarray) -> np.ndarray:
+        return a[0] if gray else np.ascontiguousarray(a.transpose(1, 2, 0))
+
     encodings: list[tuple[str, Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]] = [
         ("raw uint8 bytes (.u8)", lambda a: a.tobytes(),
-         lambda b: np.frombuffer(b, np.uint8).reshape(ROWS, COLS)),
+         lambda b: np.frombuffer(b, np.uint8).reshape(shape)),
         ("npy (.npy)", wds.writer.numpy_dumps, autodecode.npy_loads),
-        ("PNG (.png)", lambda a: wds.writer.imageencoder(a, "png"), lambda b: png_decode("png", b)),
+        ("PNG (.png)", lambda a: wds.writer.imageencoder(hwc(a), "png"),
+         lambda b: np.asarray(png_decode("png", b))),
     ]
     rows = []
     for name, encode, decode in encodings:
         blobs = [encode(a) for a in imgs]
-        assert np.array_equal(decode(blobs[0]), imgs[0]), name
+        want = hwc(imgs[0]) if name.startswith("PNG") else imgs[0]
+        if not np.array_equal(decode(blobs[0]), want):
+            raise AssertionError(f"{name} does not round-trip a {shape} image")
         start = time.perf_counter()
         for b in blobs:
             decode(b)
@@ -119,7 +130,9 @@ def bench_data(shards: Path, *, split: str = "train", batch_size: int = 256, wor
     split_dir = _split_dir(Path(shards), split)
     n = samples_per_epoch(split_dir)
     torch.set_num_threads(1)
-    print(f"distgan bench data: {split_dir} ({n} samples), batch {batch_size}, "
+    info = dataset_info(split_dir)
+    c, h, w = info.image_shape
+    print(f"distgan bench data: {split_dir} ({n} samples of {c}x{h}x{w}), batch {batch_size}, "
           f">= {min_seconds:g} s per row, torch threads 1")
     if encodings:
         print("\n| sample encoding | decode us/image | bytes/image |\n| --- | ---: | ---: |")

@@ -1,52 +1,43 @@
-"""Download MNIST's four gzipped IDX files from a list of mirrors, each checked against its md5.
+"""Download a named IDX dataset's four gzipped files (distgan.data.datasets) from a list of mirrors, each
+checked against its official checksum.
 
+A file is accepted if the md5 of the .gz is the official one, or, where the dataset publishes it, if its
+decompressed content has the official md5 and size (a mirror that recompressed the same IDX bytes).
 Every file is written atomically (temporary name, then rename), so a failed or corrupt download never
 leaves a file under its final name.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import socket
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from distgan.atomic import atomic_path
+from distgan.data.datasets import MNIST, Content, NamedDataset, named_dataset
+from distgan.data.datasets import resolve_mirrors as _resolve_for
 from distgan.data.idx import FILES
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 
-# The official MNIST md5s (the same table torchvision checks).
-OFFICIAL_MD5: dict[str, str] = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-
-DEFAULT_MIRRORS: tuple[str, ...] = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-)
-MIRRORS_ENV = "DISTGAN_MNIST_MIRRORS"
+OFFICIAL_MD5: dict[str, str] = dict(MNIST.md5)  # MNIST's table (kept for callers of the MNIST-only API)
+DEFAULT_MIRRORS: tuple[str, ...] = MNIST.mirrors
+MIRRORS_ENV = MNIST.mirrors_env  # DISTGAN_MNIST_MIRRORS
 
 
-def resolve_mirrors(cli_mirrors: Sequence[str] | None, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """Mirrors to try, in order: `--mirror` options, else $DISTGAN_MNIST_MIRRORS, else the defaults."""
-    if cli_mirrors:
-        mirrors = list(cli_mirrors)
-    elif environ.get(MIRRORS_ENV, "").strip():
-        mirrors = [m.strip() for m in environ[MIRRORS_ENV].split(",") if m.strip()]
-    else:
-        mirrors = list(DEFAULT_MIRRORS)
-    return [m if m.endswith("/") else m + "/" for m in mirrors]
+def resolve_mirrors(cli_mirrors: Sequence[str] | None, environ: Mapping[str, str] = os.environ,
+                    dataset: str = "mnist") -> list[str]:
+    """Mirrors to try, in order: `--mirror` options, else $DISTGAN_<NAME>_MIRRORS, else the defaults."""
+    return _resolve_for(named_dataset(dataset), list(cli_mirrors) if cli_mirrors else None, environ)
 
 
 def _is_network_error(err: BaseException) -> bool:
@@ -58,38 +49,66 @@ def _is_network_error(err: BaseException) -> bool:
     return isinstance(err, (OSError, socket.timeout, urllib.error.URLError))
 
 
-def _fetch(url: str, dest: Path, md5: str, *, timeout: float, progress: bool) -> None:
-    """Download `url` to `dest` atomically, checking its md5; raise on any failure (no file left)."""
+def content_matches(path: Path, want: Content) -> bool:
+    """True if gunzipping `path` gives exactly `want.size` bytes with md5 `want.md5` (never inflates more
+    than size + 1 bytes, and only 1 MiB at a time)."""
+    h, n = hashlib.md5(), 0
+    try:
+        with gzip.open(path, "rb") as gz:
+            while n <= want.size and (chunk := gz.read(min(1 << 20, want.size + 1 - n))):
+                h.update(chunk)
+                n += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return n == want.size and h.hexdigest() == want.md5
+
+
+def _check(path: Path, md5: str, content: Content | None) -> str | None:
+    """None if the file is the official one; else why not (one phrase)."""
+    got = file_sha256(path, "md5")
+    if got == md5:
+        return None
+    if content is not None and content_matches(path, content):
+        return None
+    extra = " nor is its decompressed content the official one" if content is not None else ""
+    return f"md5 {got} != expected {md5}{extra}"
+
+
+def _fetch(url: str, dest: Path, md5: str, content: Content | None, *, timeout: float, progress: bool) -> None:
+    """Download `url` to `dest` atomically, checking it; raise on any failure (no file left)."""
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        h = hashlib.md5()
-        with atomic_path(dest) as tmp, open(tmp, "wb") as out, \
-                tqdm(total=total, desc=f"  {dest.name}", unit="B", unit_scale=True, file=sys.stderr,
-                     disable=not progress, mininterval=0.5) as bar:
-            while chunk := resp.read(1 << 16):
-                out.write(chunk)
-                h.update(chunk)
-                bar.update(len(chunk))
-            if h.hexdigest() != md5:
-                raise ValueError(f"md5 {h.hexdigest()} != expected {md5}")
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out, \
+                    tqdm(total=total, desc=f"  {dest.name}", unit="B", unit_scale=True, file=sys.stderr,
+                         disable=not progress, mininterval=0.5) as bar:
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            problem = _check(tmp, md5, content)
+            if problem:
+                raise ValueError(problem)
 
 
-def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
-                   md5: Mapping[str, str] = OFFICIAL_MD5, timeout: float = 30.0,
-                   progress: bool = True) -> dict[str, Path]:
-    """Download the four files into `dest_dir`, trying each mirror in turn; return role -> path.
+def download_dataset(dataset: NamedDataset | str, dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
+                     md5: Mapping[str, str] | None = None, timeout: float = 30.0,
+                     progress: bool = True) -> dict[str, Path]:
+    """Download the dataset's four files into `dest_dir`, trying each mirror in turn; return role -> path.
 
-    A file already present with the expected md5 is kept. Each file is checked against `md5` (the
-    official table unless a test injects its own) and written atomically, so a failed or corrupt
-    download never leaves a file under the final name.
+    A file already present and official is kept. Each file is checked against `md5` (the dataset's
+    official table unless a test injects its own; an injected table disables the content check) and
+    written atomically, so a failed or corrupt download never leaves a file under the final name.
     """
+    spec = named_dataset(dataset) if isinstance(dataset, str) else dataset
+    table = dict(spec.md5) if md5 is None else dict(md5)
+    contents: Mapping[str, Content] = spec.content if md5 is None else {}
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for role, name in FILES.items():
         dest = dest_dir / name
-        if dest.is_file() and file_sha256(dest, "md5") == md5[name]:
+        if dest.is_file() and _check(dest, table[name], contents.get(name)) is None:
             paths[role] = dest
             continue
         failures: list[tuple[str, BaseException]] = []
@@ -98,7 +117,7 @@ def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
             if progress:
                 print(f"downloading {url}", file=sys.stderr, flush=True)
             try:
-                _fetch(url, dest, md5[name], timeout=timeout, progress=progress)
+                _fetch(url, dest, table[name], contents.get(name), timeout=timeout, progress=progress)
                 break
             except (OSError, ValueError, urllib.error.URLError) as e:
                 failures.append((mirror, e))
@@ -107,9 +126,9 @@ def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
         else:
             if failures and all(_is_network_error(e) for _, e in failures):
                 first = str(getattr(failures[0][1], "reason", failures[0][1])).replace("\n", " ")
-                raise UserError(f"no network: could not reach any MNIST mirror for {name} "
+                raise UserError(f"no network: could not reach any {spec.name} mirror for {name} "
                                 f"({len(failures)} tried, first: {first}); copy the four IDX files to a "
-                                f"directory by hand and use --raw-dir DIR")
+                                f"directory by hand and use --raw-dir DIR --dataset {spec.name}")
             detail = "; ".join(f"{m}: {e}".replace("\n", " ") for m, e in failures) or "no mirrors given"
             raise UserError(f"{name}: download failed from every mirror ({detail}); try --mirror URL or "
                             f"--raw-dir DIR")
@@ -117,4 +136,12 @@ def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
     return paths
 
 
-__all__ = ["OFFICIAL_MD5", "DEFAULT_MIRRORS", "MIRRORS_ENV", "resolve_mirrors", "download_mnist"]
+def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
+                   md5: Mapping[str, str] = OFFICIAL_MD5, timeout: float = 30.0,
+                   progress: bool = True) -> dict[str, Path]:
+    """MNIST's four files (download_dataset for "mnist")."""
+    return download_dataset(MNIST, dest_dir, mirrors, md5=md5, timeout=timeout, progress=progress)
+
+
+__all__ = ["OFFICIAL_MD5", "DEFAULT_MIRRORS", "MIRRORS_ENV", "resolve_mirrors", "content_matches",
+           "download_dataset", "download_mnist"]

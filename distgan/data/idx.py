@@ -1,10 +1,13 @@
-"""MNIST's four IDX files: read and validate them, and find them in a local directory.
+"""IDX quadruples (MNIST, Fashion-MNIST, KMNIST...: any N x H x W uint8 images with uint8 labels): read
+and validate them, and find the four files in a local directory.
 
-Local directories are validated by their IDX headers (the test data holds a 10k subset of the training
-set, whose md5 differs from the official one); downloads (distgan.data.download) are checked against the
-official md5s. Reading is bounded: the header is read first, the body size follows from its dimensions,
-and a gzipped file is decompressed incrementally, never past that size plus one byte, so a small
-gzip that inflates to gigabytes costs no more memory than a real MNIST file.
+Local directories are validated by their IDX headers (the test data holds a 10k subset of MNIST's
+training set, whose md5 differs from the official one); downloads (distgan.data.download) are checked
+against the official md5s. Image size comes from the header (each side 1..MAX_SIDE); labels may be any
+byte 0..255 (a named dataset narrows the range in distgan.data.sources). Reading is bounded: the header
+is read first, the body size follows from its dimensions (at most MAX_BODY_BYTES), and a gzipped file is
+decompressed incrementally, never past that size plus one byte, so a small gzip that inflates to
+gigabytes costs no more memory than the file its header describes.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ FILES: dict[str, str] = {
 
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
-ROWS = COLS = 28
-NUM_CLASSES = 10
-MAX_ITEMS = 1_000_000  # MNIST has 60000 training images; a header claiming more than this is not MNIST
+ROWS = COLS = 28  # MNIST's image size (format version 1 shards hold only this)
+NUM_CLASSES = 10  # MNIST's
+MAX_ITEMS = 10_000_000  # a header claiming more items than this is corrupt (MNIST has 60000 training images)
+MAX_SIDE = 4096  # largest image side an IDX header may claim
+MAX_BODY_BYTES = 2 << 30  # largest body (N x H x W bytes) an IDX header may claim: 2 GiB
 _CHUNK = 1 << 20
 
 
@@ -73,9 +78,9 @@ def _read_at_most(stream: BinaryIO, path: Path, n: int) -> bytes:
 def parse_idx(path: str | os.PathLike[str], *, kind: str) -> np.ndarray:
     """Read an IDX file (gzipped or not) and validate it; `kind` is "images" or "labels".
 
-    Returns uint8 images of shape (N, 28, 28) or uint8 labels of shape (N,). Raises a one-line
-    UserError naming the file on a wrong magic number, wrong or absurd dimensions, or a
-    truncated/oversized body. At most header + body + 1 bytes are ever decompressed.
+    Returns uint8 images of shape (N, H, W) or uint8 labels of shape (N,). Raises a one-line
+    UserError naming the file on a wrong magic number, absurd dimensions, or a truncated/oversized
+    body. At most header + body + 1 bytes are ever decompressed.
     """
     path = Path(path)
     want_magic, ndim = (IMAGE_MAGIC, 3) if kind == "images" else (LABEL_MAGIC, 1)
@@ -87,26 +92,27 @@ def parse_idx(path: str | os.PathLike[str], *, kind: str) -> np.ndarray:
         magic = int.from_bytes(head[:4], "big")
         if magic != want_magic:
             raise UserError(f"{path}: wrong IDX magic number 0x{magic:08x} (expected 0x{want_magic:08x} for "
-                            f"MNIST {kind}); is this the right file?")
+                            f"IDX uint8 {kind}); is this the right file?")
         if len(head) < header:
             raise UserError(f"{path}: truncated IDX header ({len(head)} bytes); download it again")
         dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-        if kind == "images" and dims[1:] != [ROWS, COLS]:
-            raise UserError(f"{path}: images are {dims[1]}x{dims[2]}, expected {ROWS}x{COLS}; not MNIST")
         if dims[0] > MAX_ITEMS:
-            raise UserError(f"{path}: header claims {dims[0]} {kind}, more than the {MAX_ITEMS} an MNIST file "
-                            f"can hold; the file is corrupt or not MNIST, download it again")
-        body_size = int(np.prod(dims))
+            raise UserError(f"{path}: header claims {dims[0]} {kind}, more than the {MAX_ITEMS} an IDX file "
+                            f"may hold here; the file is corrupt, download it again")
+        if kind == "images" and not all(1 <= d <= MAX_SIDE for d in dims[1:]):
+            raise UserError(f"{path}: header claims {dims[1]}x{dims[2]} images; each side must be 1..{MAX_SIDE}; "
+                            f"the file is corrupt, download it again")
+        body_size = int(np.prod(dims, dtype=np.int64))
+        if body_size > MAX_BODY_BYTES:
+            raise UserError(f"{path}: header claims {body_size} bytes of {kind}, more than the {MAX_BODY_BYTES} "
+                            f"read here; the file is corrupt (or split the dataset)")
         body = _read_at_most(stream, path, body_size + 1)
     if len(body) != body_size:
         what = "truncated" if len(body) < body_size else "has trailing bytes"
         got = f"{header + len(body)} bytes" if len(body) < body_size else "longer"
         raise UserError(f"{path}: {what}: header says {dims[0]} items ({header + body_size} bytes) but the "
                         f"data is {got}; download it again")
-    arr = np.frombuffer(body, dtype=np.uint8).reshape(dims)
-    if kind == "labels" and arr.size and int(arr.max()) >= NUM_CLASSES:
-        raise UserError(f"{path}: label {int(arr.max())} out of range 0..{NUM_CLASSES - 1}; not MNIST labels")
-    return arr
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +130,7 @@ def find_raw_files(raw_dir: str | os.PathLike[str]) -> dict[str, Path]:
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise UserError(f"--raw-dir {raw_dir}: not a directory; point it at the folder holding the four "
-                        f"MNIST IDX files")
+                        f"IDX files")
     found: dict[str, Path] = {}
     for role, name in FILES.items():
         for candidate in (raw_dir / name, raw_dir / name.removesuffix(".gz")):
@@ -137,4 +143,5 @@ def find_raw_files(raw_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
-__all__ = ["FILES", "ROWS", "COLS", "NUM_CLASSES", "MAX_ITEMS", "parse_idx", "load_pair", "find_raw_files"]
+__all__ = ["FILES", "ROWS", "COLS", "NUM_CLASSES", "MAX_ITEMS", "MAX_SIDE", "MAX_BODY_BYTES", "parse_idx",
+           "load_pair", "find_raw_files"]

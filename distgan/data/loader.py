@@ -27,8 +27,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from distgan.data.idx import COLS, ROWS
-from distgan.data.shards import MANIFEST, read_manifest, read_shard, verify_split
+from distgan.data.shards import (
+    MANIFEST,
+    Layout,
+    manifest_classes,
+    manifest_layout,
+    read_manifest,
+    read_shard,
+    verify_split,
+)
 from distgan.errors import UserError
 
 # SLURM (and a terminal's Ctrl-C) signal every process of the group, loader workers included. These are
@@ -52,6 +59,14 @@ def _split_info(split_dir: str | os.PathLike[str], *, verify: bool = True) -> tu
     if verify:
         verify_split(split_dir.parent, manifest, split)
     return split_dir, split, manifest["splits"][split]
+
+
+def _split_layout(split_dir: str | os.PathLike[str], *,
+                  verify: bool = True) -> tuple[Path, dict[str, Any], Layout, bool]:
+    """(split_dir, split entry, image layout, labelled?) of a split, as `_split_info` checks it."""
+    split_dir, _, entry = _split_info(split_dir, verify=verify)
+    manifest = read_manifest(split_dir.parent)
+    return split_dir, entry, manifest_layout(manifest), manifest_classes(manifest) is not None
 
 
 def _worker_init(worker_id: int) -> None:
@@ -86,6 +101,8 @@ class _Plan:
     """Everything a worker needs to produce its batches (picklable)."""
 
     split_dir: Path
+    layout: Layout
+    labelled: bool
     names: tuple[str, ...]
     counts: tuple[int, ...]
     batch_size: int
@@ -98,15 +115,15 @@ class _Plan:
 
 
 class _Shard:
-    """One decoded shard: images (n,28,28) uint8, labels (n,) int64, keys (n,) str array."""
+    """One decoded shard: images (n,C,H,W) uint8, labels (n,) int64 (-1 if unlabelled), keys (n,) str array."""
 
-    def __init__(self, path: Path, expected: int) -> None:
-        images, labels, keys = read_shard(path)
+    def __init__(self, path: Path, expected: int, layout: Layout, labelled: bool) -> None:
+        images, labels, keys = read_shard(path, layout)
         if len(labels) != expected:
             raise UserError(f"{path}: holds {len(labels)} samples but the manifest says {expected} "
                             f"(truncated or modified); rerun `distgan prepare`")
         self.images = images
-        self.labels = labels.astype(np.int64)
+        self.labels = labels.astype(np.int64) if labelled else np.full(len(labels), -1, np.int64)
         self.keys = np.array(keys)
 
 
@@ -129,12 +146,13 @@ def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, A
                 del cache[s]
         for s in needed:
             if s not in cache:
-                cache[s] = _Shard(plan.split_dir / plan.names[s], plan.counts[s])
+                cache[s] = _Shard(plan.split_dir / plan.names[s], plan.counts[s], plan.layout,
+                                  plan.labelled)
         if len(needed) == 1:
             sh, local = cache[needed[0]], ids - offsets[needed[0]]
             images, labels, keys = sh.images[local], sh.labels[local], sh.keys[local]
         else:
-            images = np.empty((b, ROWS, COLS), np.uint8)
+            images = np.empty((b, *plan.layout.shape), np.uint8)
             labels = np.empty(b, np.int64)
             keys = np.empty(b, dtype=object)
             filled = 0
@@ -149,7 +167,7 @@ def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, A
                                 f"not match its shards, rerun `distgan prepare`")
         # numpy, not tensors: a DataLoader worker sends numpy through its pipe ~3x faster than it
         # moves tensors into shared memory (measured: 0.35 vs 1.2 ms per 256-image batch).
-        yield {"image": images.reshape(b, 1, ROWS, COLS), "label": labels, "key": keys.tolist()}
+        yield {"image": images, "label": labels, "key": keys.tolist()}
 
 
 class _WorkerDataset(IterableDataset):
@@ -214,7 +232,8 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
                  num_workers: int, seed: int, epoch: int, start_sample: int = 0) -> ShardLoader:
     """This rank's loader over split dir `shards` (e.g. DIR/train) for one epoch.
 
-    Batches are dicts: "image" uint8 (B,1,28,28), "label" int64 (B,), "key" list of B str. Every
+    Batches are dicts: "image" uint8 (B,C,H,W) (the manifest's shape), "label" int64 (B,) (-1 for an
+    unlabelled dataset), "key" list of B str. Every
     rank yields `len(loader)` full batches; `start_sample` is the number of samples already consumed
     globally in this epoch (k steps = k * batch_size * world_size), and the loader yields the rest.
     All shards are checked against the manifest's sha256 here, once.
@@ -225,7 +244,7 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
             raise UserError(f"{name}={value!r}: must be an integer >= {low}")
     if not 0 <= rank < world_size:
         raise UserError(f"rank={rank}: must be in [0, world_size={world_size})")
-    split_dir, _, entry = _split_info(shards)
+    split_dir, entry, layout, labelled = _split_layout(shards)
     total = int(entry["count"])
     if start_sample > total:
         raise UserError(f"start_sample={start_sample}: the split {split_dir} holds only {total} samples")
@@ -233,7 +252,8 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
     if total < global_batch:
         raise UserError(f"batch_size {batch_size} x world_size {world_size} = {global_batch} exceeds the "
                         f"{total} samples of {split_dir}; use a smaller batch size")
-    plan = _Plan(split_dir=split_dir, names=tuple(s["name"] for s in entry["shards"]),
+    plan = _Plan(split_dir=split_dir, layout=layout, labelled=labelled,
+                 names=tuple(s["name"] for s in entry["shards"]),
                  counts=tuple(int(s["count"]) for s in entry["shards"]), batch_size=batch_size, rank=rank,
                  world_size=world_size, seed=int(seed), epoch=int(epoch), start_sample=start_sample,
                  num_batches=(total - start_sample) // global_batch)
@@ -241,11 +261,12 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
 
 
 def load_split(split_dir: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images (N,28,28) uint8 and labels (N,) int64 of a split, in stable key order, verified."""
-    split_dir, _, entry = _split_info(split_dir)
-    shards = [_Shard(split_dir / s["name"], int(s["count"])) for s in entry["shards"]]
+    """All images (N,C,H,W) uint8 and labels (N,) int64 (-1 if unlabelled) of a split, in stable key
+    order, verified."""
+    split_dir, entry, layout, labelled = _split_layout(split_dir)
+    shards = [_Shard(split_dir / s["name"], int(s["count"]), layout, labelled) for s in entry["shards"]]
     if not shards:
-        return torch.empty((0, ROWS, COLS), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return torch.empty((0, *layout.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
     images = np.concatenate([s.images for s in shards])
     labels = np.concatenate([s.labels for s in shards])
     keys = np.concatenate([s.keys for s in shards])

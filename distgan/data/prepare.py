@@ -1,11 +1,12 @@
-"""`distgan prepare` as a library function: MNIST IDX files (local or downloaded) -> the shards and
-manifest of distgan.data.shards, in an output directory that it locks and only ever cleans of its own files.
+"""`distgan prepare` as a library function: one source (IDX files, local or downloaded; an image folder;
+an .npz file; see distgan.data.sources) -> the shards and manifest of distgan.data.shards, in an output
+directory that it locks and only ever cleans of its own files.
 
 Ownership: DIR may hold other things (a `raw/` download folder, notes...), but `prepare` refuses a
 DIR whose manifest.json is not distgan's, or that has no manifest but tar files in train/ or test/;
 it removes only shard files named by its own pattern (`<split>-NNNNNN.tar`) in a DIR that carries its
-manifest. While it rewrites shards, manifest.json is a distgan placeholder that readers refuse, so a
-crash leaves neither a stale manifest over new shards nor a DIR that looks foreign.
+manifest (of any format version). While it rewrites shards, manifest.json is a distgan placeholder that
+readers refuse, so a crash leaves neither a stale manifest over new shards nor a DIR that looks foreign.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from distgan.data.download import OFFICIAL_MD5, download_mnist, resolve_mirrors
-from distgan.data.idx import COLS, FILES, ROWS, find_raw_files, load_pair
+from distgan.data.image_folder import DEFAULT_TEST_FRACTION
+from distgan.data.imaging import Transform
 from distgan.data.shards import (
+    CHANNELS,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
-    PACK_SIZE,
+    MAX_SIDE,
     SPLITS,
+    UNLABELLED,
+    Layout,
     is_distgan_manifest,
     is_shard_name,
     read_manifest,
@@ -35,16 +39,12 @@ from distgan.data.shards import (
     write_manifest,
     write_shard,
 )
+from distgan.data.sources import SourceData, choose_source
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 from distgan.locks import DirLock
 
 DEFAULT_SHARD_SIZE = 5000
-# split -> (role of its images file, role of its labels file) in distgan.data.idx.FILES
-SOURCES: dict[str, tuple[str, str]] = {
-    "train": ("train_images", "train_labels"),
-    "test": ("test_images", "test_labels"),
-}
 
 
 def check_ownership(out: Path) -> None:
@@ -69,17 +69,12 @@ def check_ownership(out: Path) -> None:
                             f"them if they are)")
 
 
-def _source_checksums(paths: Mapping[str, Path]) -> dict[str, dict[str, str]]:
-    """md5 and sha256 of each source file, keyed by the official file name."""
-    return {FILES[role]: {"file": p.name, "md5": file_sha256(p, "md5"), "sha256": file_sha256(p)}
-            for role, p in sorted(paths.items())}
-
-
-def _is_up_to_date(out: Path, source: Mapping[str, Any], shard_size: int) -> bool:
-    """True if DIR already holds a valid, complete output for exactly this input and shard size."""
+def _is_up_to_date(out: Path, key: Mapping[str, Any]) -> bool:
+    """True if DIR already holds a valid, complete output (this format version) for exactly this input
+    and these options (`key`: the manifest's source, transform, dataset and shard_size)."""
     try:
         manifest = read_manifest(out)
-        if manifest["source"] != source or manifest["shard_size"] != shard_size \
+        if manifest["version"] != FORMAT_VERSION or any(manifest.get(k) != v for k, v in key.items()) \
                 or set(manifest["splits"]) != set(SPLITS):
             return False
         for split in SPLITS:
@@ -89,8 +84,8 @@ def _is_up_to_date(out: Path, source: Mapping[str, Any], shard_size: int) -> boo
     return True
 
 
-def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
-                 shard_size: int) -> dict[str, Any]:
+def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray, shard_size: int,
+                 layout: Layout) -> dict[str, Any]:
     """Write one split's shards, remove its stale distgan shards, and return its manifest entry."""
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +93,7 @@ def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
     for i, lo in enumerate(range(0, len(images), shard_size)):
         hi = min(lo + shard_size, len(images))
         path = split_dir / shard_name(split, i)
-        write_shard(path, split, images[lo:hi], labels[lo:hi], lo)
+        write_shard(path, split, images[lo:hi], labels[lo:hi], lo, layout)
         shards.append({"name": path.name, "count": hi - lo, "bytes": path.stat().st_size,
                        "sha256": file_sha256(path)})
     keep = {s["name"] for s in shards}
@@ -108,16 +103,34 @@ def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray,
     return {"count": int(len(images)), "shards": shards}
 
 
-def _manifest(splits: Mapping[str, Any], source: Mapping[str, Any], shard_size: int) -> dict[str, Any]:
-    """The manifest of a finished output."""
+def _layout_of(data: SourceData) -> Layout:
+    """The one image shape of all splits, within what the shard format allows."""
+    shapes = {tuple(int(d) for d in x.shape[1:]) for x, _ in data.splits.values() if len(x)}
+    if len(shapes) != 1:
+        raise UserError(f"the splits have different image shapes {sorted(shapes)} (C, H, W); pass "
+                        f"--resolution R and --channels 1|3")
+    shape = shapes.pop()
+    c, h, w = shape
+    if c not in CHANNELS or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise UserError(f"images are {w}x{h} with {c} channel(s); shards hold 1 or 3 channels and sides up to "
+                        f"{MAX_SIDE}: pass --resolution R (and --channels 1|3)")
+    return Layout(shape)  # type: ignore[arg-type]
+
+
+def _manifest(splits: Mapping[str, Any], key: Mapping[str, Any], layout: Layout, data: SourceData,
+              counts: Mapping[str, list[int]] | None) -> dict[str, Any]:
+    """The manifest of a finished output (format version 2)."""
+    c, h, w = layout.shape
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "sample": {"image": [ROWS, COLS], "dtype": "uint8", "pack_size": PACK_SIZE,
-                   "members": {"images.u8": "n*28*28 raw uint8, row-major", "labels.u8": "n raw uint8",
+        "sample": {"shape": list(layout.shape), "dtype": "uint8", "pack_size": layout.pack_size,
+                   "members": {"images.u8": f"n*{c}*{h}*{w} raw uint8, each image C x H x W row-major",
+                               "labels.u8": "n raw uint8 (255 for every image if classes is null)",
                                "keys.txt": "n newline-separated sample keys"}},
-        "shard_size": shard_size,
-        "source": dict(source),
+        "classes": None if data.classes is None else {"names": list(data.classes), "counts": dict(counts or {})},
+        "skipped": list(data.skipped),
+        **key,
         "splits": dict(splits),
         "totals": {"samples": sum(s["count"] for s in splits.values()),
                    "shards": sum(len(s["shards"]) for s in splits.values()),
@@ -126,41 +139,56 @@ def _manifest(splits: Mapping[str, Any], source: Mapping[str, Any], shard_size: 
 
 
 def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | None = None,
-            mirrors: Sequence[str] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
-            md5: Mapping[str, str] = OFFICIAL_MD5, progress: bool = True,
+            dataset: str | None = None, image_folder: str | os.PathLike[str] | None = None,
+            npz: str | os.PathLike[str] | None = None, mirrors: Sequence[str] | None = None,
+            resolution: int | None = None, channels: int | None = None,
+            test_fraction: float = DEFAULT_TEST_FRACTION, skip_bad: bool = False,
+            shard_size: int = DEFAULT_SHARD_SIZE, md5: Mapping[str, str] | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Read (raw_dir) or download (mirrors) MNIST and write shards + manifest into `out`.
+    """Read one source (raw_dir [+ dataset], dataset alone = download, image_folder or npz; none at all
+    downloads MNIST) and write shards + manifest into `out`.
 
     Holds an exclusive lock on `out` (DIR/.lock) for the whole run; a second prepare of the same
     DIR fails at once. Returns the manifest. Does nothing (beyond verifying) when `out` is already
-    complete and valid.
+    complete and valid for the same input and options.
     """
     out = Path(out)
     if shard_size < 1:
         raise UserError(f"--shard-size {shard_size}: must be at least 1")
+    transform = Transform(resolution, channels)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose a directory")
     check_ownership(out)  # before the lock, which would leave DIR/.lock in a foreign directory
     with DirLock(out, f"--out {out}"):
         check_ownership(out)  # again: another process may have written DIR meanwhile
-        if raw_dir is not None:
-            paths = find_raw_files(raw_dir)
-        else:
-            paths = download_mnist(out / "raw", resolve_mirrors(mirrors), md5=md5, progress=progress)
-        source = _source_checksums(paths)
-        if _is_up_to_date(out, source, shard_size):
+        source = choose_source(out=out, raw_dir=raw_dir, dataset=dataset, image_folder_dir=image_folder, npz=npz,
+                               mirrors=mirrors, md5=md5, transform=transform, test_fraction=test_fraction,
+                               skip_bad=skip_bad, progress=progress)
+        key = {"source": source.describe(), "transform": transform.describe(), "dataset": source.dataset,
+               "shard_size": shard_size}
+        if _is_up_to_date(out, key):
             log(f"{out}: already complete and valid (manifest.json matches the input); nothing to do")
             return read_manifest(out)
-        data = {split: load_pair(paths[img], paths[lab]) for split, (img, lab) in SOURCES.items()}
+        data = source.load(log)
+        layout = _layout_of(data)
+        counts = None
+        if data.classes is not None:
+            counts = {s: np.bincount(y, minlength=len(data.classes)).astype(int).tolist()
+                      for s, (_, y) in data.splits.items() if y is not None}
         # An old manifest must never describe half-rewritten shards: a placeholder first, the manifest last.
         write_incomplete_manifest(out)
         splits: dict[str, Any] = {}
-        for split, (images, labels) in data.items():
-            splits[split] = _write_split(out, split, images, labels, shard_size)
+        for split in SPLITS:
+            images, labels = data.splits[split]
+            if labels is None:
+                labels = np.full(len(images), UNLABELLED, np.uint8)
+            splits[split] = _write_split(out, split, images, labels, shard_size, layout)
             log(f"{split}: {len(images)} images in {len(splits[split]['shards'])} shards -> {out / split}")
-        manifest = _manifest(splits, source, shard_size)
+        manifest = _manifest(splits, key, layout, data, counts)
         write_manifest(out, manifest)
-        log(f"wrote {out / MANIFEST}")
+        c, h, w = layout.shape
+        classes = "unlabelled" if data.classes is None else f"{len(data.classes)} classes"
+        log(f"wrote {out / MANIFEST} ({c}x{h}x{w} images, {classes})")
         return manifest
 
 

@@ -3,15 +3,21 @@ manifest (read, validated, written) and the one integrity check used by both the
 
 Layout (DIR = `prepare --out`):
 
-    DIR/manifest.json             format version, source checksums, per-shard name/count/bytes/sha256, totals
-    DIR/train/train-000000.tar    plain (uncompressed) tar shards; each tar *sample* is a pack of <= 1000 images
+    DIR/manifest.json             format version, image shape, classes, source, per-shard name/count/bytes/sha256
+    DIR/train/train-000000.tar    plain (uncompressed) tar shards; each tar *sample* is a pack of images
     DIR/test/test-000000.tar
 
 Each pack (webdataset key = `<split>-<index of its first image>`) has three members:
-`images.u8` (n*28*28 raw uint8 bytes, row-major), `labels.u8` (n raw uint8 bytes) and `keys.txt`
-(n newline-separated stable sample keys `<split>-<index in the IDX file>`). Raw bytes decode in about a
-microsecond per image where PNG or npy take ~100 us, and packing removes webdataset's per-sample tar
-and Python overhead; see the README's data section for the measurements.
+`images.u8` (n*C*H*W raw uint8 bytes, each image C x H x W row-major), `labels.u8` (n raw uint8 bytes;
+255 for every image of an unlabelled dataset) and `keys.txt` (n newline-separated stable sample keys
+`<split>-<index in the source's order>`). A pack holds as many images as fit in PACK_BYTES (1 MiB), at
+least one and at most MAX_PACK_IMAGES: the pack size follows from the image shape (Layout), never from a
+number the manifest could inflate, and so do the member-size caps checked before any member is read.
+Raw bytes decode in about a microsecond per image where PNG or npy take ~100 us, and packing removes
+webdataset's per-sample tar and Python overhead; see the README's data section for the measurements.
+
+Format version 2 (this one) records the shape [C, H, W] and the classes; version 1 (MNIST only, format
+name "distgan-mnist-shards") is still read, as shape [1, 28, 28], 10 classes "0".."9".
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import re
 import tarfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +40,52 @@ from distgan.data.idx import COLS, ROWS
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 
-FORMAT = "distgan-mnist-shards"
-FORMAT_VERSION = 1
+FORMAT = "distgan-shards"
+LEGACY_FORMAT = "distgan-mnist-shards"  # version 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-PACK_SIZE = 1000
+PACK_BYTES = 1 << 20  # image bytes per pack, at most (a pack holds at least one image)
+MAX_PACK_IMAGES = 1000
+PACK_SIZE = MAX_PACK_IMAGES  # MNIST's pack size (28x28: 1000 images, 784,000 bytes)
+MAX_SIDE = 1024  # largest image side a manifest may declare
+CHANNELS = (1, 3)
+UNLABELLED = 255  # the label byte of every image of an unlabelled dataset (yielded as -1 by the loader)
+MAX_CLASSES = 256  # labels are bytes; whether 255 is a label or "unlabelled" is the manifest's `classes`
 SHARD_MTIME = 946684800  # fixed tar member mtime (2000-01-01) so that shards are byte-identical
 SPLITS = ("train", "test")
 MEMBERS = ("images.u8", "labels.u8", "keys.txt")
-IMAGE_BYTES = ROWS * COLS
+IMAGE_BYTES = ROWS * COLS  # MNIST's
 MAX_KEY_BYTES = 64  # a sample key is `<split>-<index>`; anything longer is not ours
-# The most bytes each member of a pack may declare in its tar header: checked before anything is read.
-MAX_MEMBER_BYTES: dict[str, int] = {
-    "images.u8": PACK_SIZE * IMAGE_BYTES,
-    "labels.u8": PACK_SIZE,
-    "keys.txt": PACK_SIZE * (MAX_KEY_BYTES + 1),
-}
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How images are packed: shape (C, H, W), and what follows from it (pack size, member-size caps)."""
+
+    shape: tuple[int, int, int]
+
+    @property
+    def image_bytes(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+    @property
+    def pack_size(self) -> int:
+        """Images per pack: as many as fit in PACK_BYTES, at least 1, at most MAX_PACK_IMAGES."""
+        return max(1, min(MAX_PACK_IMAGES, PACK_BYTES // self.image_bytes))
+
+    @property
+    def max_member_bytes(self) -> dict[str, int]:
+        """The most bytes each member of a pack may declare in its tar header: checked before reading."""
+        n = self.pack_size
+        return {"images.u8": n * self.image_bytes, "labels.u8": n, "keys.txt": n * (MAX_KEY_BYTES + 1)}
+
+
+MNIST_LAYOUT = Layout((1, ROWS, COLS))
+# MNIST's caps (format version 1; kept for callers that name them)
+MAX_MEMBER_BYTES: dict[str, int] = MNIST_LAYOUT.max_member_bytes
 _SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6,})\.tar$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _INCOMPLETE = "incomplete"  # key of the placeholder manifest that `prepare` writes while it works
@@ -71,8 +109,10 @@ def sample_key(split: str, index: int) -> str:
 
 # -- shards ---------------------------------------------------------------------------------------
 
-def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, start: int) -> None:
-    """Write images[i], labels[i] (global indices start + i) as one tar shard of packs, atomically.
+def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, start: int,
+                layout: Layout = MNIST_LAYOUT) -> None:
+    """Write images[i] (C x H x W, or H x W for one channel), labels[i] (global indices start + i) as one
+    tar shard of packs of `layout.pack_size` images, atomically.
 
     We use webdataset's TarWriter, one per shard, instead of ShardWriter: ShardWriter opens the final
     file name directly (a crash leaves a partial shard there) and cuts shards by record count, while
@@ -81,8 +121,9 @@ def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, 
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         writer = wds.TarWriter(f, encoder=False, mtime=SHARD_MTIME)
-        for lo in range(0, len(images), PACK_SIZE):
-            hi = min(lo + PACK_SIZE, len(images))
+        pack = layout.pack_size
+        for lo in range(0, len(images), pack):
+            hi = min(lo + pack, len(images))
             keys = "\n".join(sample_key(split, start + i) for i in range(lo, hi))
             writer.write({
                 "__key__": sample_key(split, start + lo),
@@ -93,8 +134,9 @@ def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, 
         writer.close()
 
 
-def decode_pack(sample: Mapping[str, Any], where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode one pack (a webdataset-style sample dict) into images (n,28,28), labels (n,) and keys."""
+def decode_pack(sample: Mapping[str, Any], where: str,
+                layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode one pack (a webdataset-style sample dict) into images (n,C,H,W), labels (n,) and keys."""
     missing = [m for m in MEMBERS if m not in sample]
     if missing:
         raise UserError(f"{where}: pack {sample.get('__key__')} lacks {', '.join(missing)}; the shard is "
@@ -106,17 +148,18 @@ def decode_pack(sample: Mapping[str, Any], where: str) -> tuple[np.ndarray, np.n
         keys = bytes(sample["keys.txt"]).decode("ascii").split("\n") if n else []
     except UnicodeDecodeError:
         keys = []
-    if len(raw) != n * IMAGE_BYTES or len(keys) != n:
+    if len(raw) != n * layout.image_bytes or len(keys) != n:
         raise UserError(f"{where}: pack {sample.get('__key__')} has {len(raw)} image bytes and {len(keys)} "
-                        f"keys for {n} labels; the shard is corrupt, rerun `distgan prepare`")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(n, ROWS, COLS), labels, keys
+                        f"keys for {n} labels ({'x'.join(map(str, layout.shape))} images); the shard is corrupt, "
+                        f"rerun `distgan prepare`")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *layout.shape), labels, keys
 
 
 def _corrupt(path: Path, what: str) -> UserError:
     return UserError(f"{path}: {what}; the shard is truncated or corrupt, rerun `distgan prepare`")
 
 
-def _packs(path: Path, data: bytes) -> list[dict[str, Any]]:
+def _packs(path: Path, data: bytes, layout: Layout) -> list[dict[str, Any]]:
     """Group the members of an uncompressed tar (held in `data`) into packs, checking each header first.
 
     Why the stdlib `tarfile` and not webdataset's pipeline: we always read whole packed shards (no
@@ -124,23 +167,25 @@ def _packs(path: Path, data: bytes) -> list[dict[str, Any]]:
     `tariterators` module, and it opens tars with mode "r|*", which transparently gunzips a
     compressed shard and reads each member whole, so a 1.4 MB shard holding a 1.5 GB member cost
     3 GB of memory. Here only headers are parsed: each member's declared size is checked against
-    what a pack can hold (MAX_MEMBER_BYTES) *before* its bytes are touched, and the bytes are then
+    what a pack of `layout` can hold (Layout.max_member_bytes) *before* its bytes are touched, and the bytes are then
     sliced out of the file already in memory. Shards are still written by webdataset's TarWriter and
     stay readable by `wds.WebDataset(url)` (tests/test_prepare.py checks both).
     """
     if data[:2] == b"\x1f\x8b":
         raise _corrupt(path, "is gzip-compressed, but distgan shards are plain tar files")
     packs: list[dict[str, Any]] = []
+    caps = layout.max_member_bytes
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for member in tar:
             base = member.name.rsplit("/", 1)[-1]
             key, dot, suffix = base.partition(".")
-            limit = MAX_MEMBER_BYTES.get(suffix)
+            limit = caps.get(suffix)
             if not dot or limit is None:
                 raise _corrupt(path, f"unexpected member {member.name!r} (a pack holds {', '.join(MEMBERS)})")
             if member.size > limit:  # for a sparse member, the size it would expand to
                 raise _corrupt(path, f"member {member.name!r} declares {member.size} bytes, more than the "
-                                     f"{limit} a pack of {PACK_SIZE} images allows")
+                                     f"{limit} a pack of {layout.pack_size} "
+                                     f"{'x'.join(map(str, layout.shape))} images allows")
             if not member.isfile() or member.issparse():
                 raise _corrupt(path, f"member {member.name!r} is not a plain regular file")
             end = member.offset_data + member.size
@@ -154,15 +199,15 @@ def _packs(path: Path, data: bytes) -> list[dict[str, Any]]:
     return packs
 
 
-def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a whole shard: images (n,28,28) uint8, labels (n,) uint8, keys.
+def read_shard(path: Path, layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a whole shard: images (n,C,H,W) uint8, labels (n,) uint8, keys.
 
     Memory is bounded by the shard's size on disk (plus the decoded arrays, the same size again). Any
     read or format problem becomes a one-line UserError naming the shard.
     """
     try:
         data = path.read_bytes()
-        packs = [decode_pack(p, str(path)) for p in _packs(path, data)]
+        packs = [decode_pack(p, str(path), layout) for p in _packs(path, data, layout)]
     except UserError:
         raise
     except FileNotFoundError as e:
@@ -171,7 +216,7 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         msg = str(e).split("\n")[0] or type(e).__name__
         raise _corrupt(path, f"cannot read shard ({type(e).__name__}: {msg})") from e
     if not packs:
-        return np.empty((0, ROWS, COLS), np.uint8), np.empty((0,), np.uint8), []
+        return np.empty((0, *layout.shape), np.uint8), np.empty((0,), np.uint8), []
     return (np.concatenate([p[0] for p in packs]), np.concatenate([p[1] for p in packs]),
             [k for p in packs for k in p[2]])
 
@@ -226,24 +271,68 @@ def _validate_split(path: Path, split: str, entry: Any) -> None:
                                              f"(the sum of {where}.shards[].count)")
 
 
+def _validate_sample(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Check `sample`: v1 is MNIST's fixed layout; v2 declares a shape whose pack size must follow from it."""
+    sample = manifest["sample"]
+    if manifest["version"] == 1:
+        if not isinstance(sample, dict) or sample.get("pack_size") != PACK_SIZE \
+                or sample.get("image") != [ROWS, COLS] or sample.get("dtype") != "uint8":
+            raise _field(path, "sample", f"must describe packs of {PACK_SIZE} uint8 {ROWS}x{COLS} images")
+        return
+    if not isinstance(sample, dict) or sample.get("dtype") != "uint8":
+        raise _field(path, "sample", "must be an object with dtype \"uint8\"")
+    shape = sample.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(d, 1) for d in shape)
+            and shape[0] in CHANNELS and shape[1] <= MAX_SIDE and shape[2] <= MAX_SIDE):
+        raise _field(path, "sample.shape", f"must be [C, H, W] with C in {list(CHANNELS)} and H, W in "
+                                           f"1..{MAX_SIDE}, not {shape!r}")
+    want = Layout(tuple(shape)).pack_size  # type: ignore[arg-type]
+    if sample.get("pack_size") != want:
+        raise _field(path, "sample.pack_size", f"is {sample.get('pack_size')!r} but {shape} images pack "
+                                               f"{want} to a pack ({PACK_BYTES} bytes at most)")
+
+
+def _validate_classes(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Check v2 `classes`: null (unlabelled), or names and per-split counts that add up to the splits."""
+    classes = manifest["classes"]
+    if classes is None:
+        return
+    if not isinstance(classes, dict):
+        raise _field(path, "classes", "must be null (unlabelled) or an object")
+    names = classes.get("names")
+    if not (isinstance(names, list) and 1 <= len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)):
+        raise _field(path, "classes.names", f"must be a list of 1..{MAX_CLASSES} strings")
+    counts = classes.get("counts")
+    if not isinstance(counts, dict) or set(counts) != set(manifest["splits"]):
+        raise _field(path, "classes.counts", "must hold one list per split")
+    for split, per_class in counts.items():
+        if not (isinstance(per_class, list) and len(per_class) == len(names)
+                and all(_is_int(c, 0) for c in per_class)):
+            raise _field(path, f"classes.counts.{split}", f"must be {len(names)} integers >= 0")
+        if sum(per_class) != manifest["splits"][split]["count"]:
+            raise _field(path, f"classes.counts.{split}", f"adds up to {sum(per_class)}, not the "
+                                                          f"{manifest['splits'][split]['count']} of splits.{split}")
+
+
 def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
-    """Check a loaded manifest completely; a one-line UserError naming `path` and the bad field."""
+    """Check a loaded manifest (version 1 or 2) completely; a one-line UserError naming `path` and the
+    bad field."""
     out = path.parent
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not is_distgan_manifest(manifest):
         raise UserError(f"{path}: not a distgan shard manifest; rerun `distgan prepare --out {out}`")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path}: manifest version {manifest.get('version')}, this distgan reads "
-                        f"{FORMAT_VERSION}; rerun `distgan prepare --out {out}`")
+    version = manifest.get("version")
+    if version not in READABLE_VERSIONS or (version == 1) != (manifest["format"] == LEGACY_FORMAT):
+        raise UserError(f"{path}: manifest format version {version!r}, this distgan reads versions "
+                        f"{' and '.join(map(str, READABLE_VERSIONS))}; rerun `distgan prepare --out {out}` "
+                        f"(or use the distgan that wrote it)")
     if _INCOMPLETE in manifest:
         raise UserError(f"{path}: `distgan prepare` did not finish writing {out} (interrupted, or still "
                         f"running); rerun `distgan prepare --out {out}`")
-    for key in ("sample", "shard_size", "source", "splits", "totals"):
+    keys = ("sample", "shard_size", "source", "splits", "totals") + (("classes",) if version >= 2 else ())
+    for key in keys:
         if key not in manifest:
             raise _field(path, key, "is missing")
-    sample = manifest["sample"]
-    if not isinstance(sample, dict) or sample.get("pack_size") != PACK_SIZE \
-            or sample.get("image") != [ROWS, COLS] or sample.get("dtype") != "uint8":
-        raise _field(path, "sample", f"must describe packs of {PACK_SIZE} uint8 {ROWS}x{COLS} images")
+    _validate_sample(path, manifest)
     if not _is_int(manifest["shard_size"], 1):
         raise _field(path, "shard_size", f"must be an integer >= 1, not {manifest['shard_size']!r}")
     if not isinstance(manifest["source"], dict):
@@ -261,7 +350,24 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
             **{name: e["count"] for name, e in splits.items()}}
     if totals != want:
         raise _field(path, "totals", f"is {totals!r} but the splits add up to {want!r}")
+    if version >= 2:
+        _validate_classes(path, manifest)
     return manifest
+
+
+def manifest_layout(manifest: Mapping[str, Any]) -> Layout:
+    """The Layout of a validated manifest (version 1: MNIST's)."""
+    if manifest["version"] == 1:
+        return MNIST_LAYOUT
+    return Layout(tuple(manifest["sample"]["shape"]))  # type: ignore[arg-type]
+
+
+def manifest_classes(manifest: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Class names of a validated manifest; None for an unlabelled dataset (version 1: "0".."9")."""
+    if manifest["version"] == 1:
+        return MNIST_CLASSES
+    classes = manifest["classes"]
+    return None if classes is None else tuple(classes["names"])
 
 
 def load_manifest_json(path: Path) -> Any:
@@ -276,11 +382,12 @@ def load_manifest_json(path: Path) -> Any:
 
 def is_distgan_manifest(obj: Any) -> bool:
     """True if a parsed manifest.json was written by distgan (any version, complete or not)."""
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
+    return isinstance(obj, dict) and obj.get("format") in (FORMAT, LEGACY_FORMAT)
 
 
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load DIR/manifest.json and validate all of it; a one-line UserError if absent or unusable."""
+    """Load DIR/manifest.json and validate all of it (version 1 or 2); a one-line UserError if absent or
+    unusable."""
     path = Path(out) / MANIFEST
     return validate_manifest(path, load_manifest_json(path))
 
@@ -328,7 +435,9 @@ def verify_split(out: Path, manifest: Mapping[str, Any], split: str) -> None:
         _VERIFIED[str(path)] = sig
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "PACK_SIZE", "SPLITS", "MEMBERS", "IMAGE_BYTES",
-           "MAX_MEMBER_BYTES", "shard_name", "is_shard_name", "sample_key", "write_shard", "read_shard",
-           "decode_pack", "validate_manifest", "load_manifest_json", "is_distgan_manifest", "read_manifest",
+__all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "PACK_BYTES",
+           "MAX_PACK_IMAGES", "PACK_SIZE", "MAX_SIDE", "CHANNELS", "UNLABELLED", "MAX_CLASSES", "SPLITS", "MEMBERS",
+           "IMAGE_BYTES", "MAX_MEMBER_BYTES", "Layout", "MNIST_LAYOUT", "MNIST_CLASSES", "shard_name",
+           "is_shard_name", "sample_key", "write_shard", "read_shard", "decode_pack", "validate_manifest",
+           "manifest_layout", "manifest_classes", "load_manifest_json", "is_distgan_manifest", "read_manifest",
            "write_manifest", "write_incomplete_manifest", "verify_split"]
