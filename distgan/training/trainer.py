@@ -110,8 +110,9 @@ class Trainer:
         self.config_yaml = dump_config(cfg)
         self.step_seconds = 0.0
         # Only now, with the data and the classifier checked, does a W&B run start.
-        start_tracking(acc, mode=self.wandb_mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
-                       name=cfg.wandb.name, run_dir=self.run_dir.path, config=cfg.to_dict())
+        self.wandb_mode = start_tracking(acc, mode=self.wandb_mode, project=cfg.wandb.project,
+                                         entity=cfg.wandb.entity, name=cfg.wandb.name, run_dir=self.run_dir.path,
+                                         config=cfg.to_dict(), watcher=self.watcher)
         if self.classifier is not None and acc.trackers:  # scores from other classifiers don't compare
             acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = self.classifier_sha256
 
