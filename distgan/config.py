@@ -83,6 +83,9 @@ class ModelConfig(Section):
     d_width: StrictInt = Field(64, ge=1, le=MAX_CONV_WIDTH)  # dcgan: channels of D's first conv layer
     spectral_norm: StrictBool = False  # on D's layers
     sync_batchnorm: StrictBool = True  # BatchNorm -> SyncBatchNorm when world size > 1 on GPUs
+    # (C, H, W) of the images; null: the trainer takes it from the data's manifest and saves it with the run,
+    # so a checkpoint alone can rebuild G. Set, it must agree with the data.
+    image_shape: list[Annotated[StrictInt, Field(ge=1, le=4096)]] | None = Field(None, min_length=3, max_length=3)
 
 
 class LossConfig(Section):
