@@ -24,7 +24,8 @@ from distgan.config import (
 from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
 from distgan.locks import DirLock
-from distgan.training.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from distgan.training.checkpoint import complete_checkpoints, latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from distgan.training.models import MNIST_SHAPE
 from distgan.training.preemption import slurm_job_id
 
 
@@ -57,9 +58,9 @@ class RunDir:
     def resume_point(self, cfg: Config) -> Path | None:
         """The checkpoint to resume from (`resume`: auto | never | a checkpoint path), checked against cfg."""
         if cfg.resume == "never":
-            existing = latest_checkpoint(self.path, warn=False)
-            if existing is not None:
-                raise UserError(f"resume=never but {self.path} already has checkpoints ({existing.name}); "
+            existing = complete_checkpoints(self.path, warn=False)  # damaged ones count too: never is never
+            if existing:
+                raise UserError(f"resume=never but {self.path} already has checkpoints ({existing[-1][1].name}); "
                                 "use another run.dir, or resume=auto")
             return None
         if cfg.resume == "auto":
@@ -102,8 +103,11 @@ def resolve_run_path(cfg: Config, accelerator: Any) -> Path:
 
 
 def _saved_config(ckpt: Path) -> Config:
-    """The config a checkpoint was trained with (validated like any config)."""
-    return config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
+    """The config a checkpoint was trained with (validated like any config); checkpoints from before
+    `model.image_shape` was saved are MNIST's (1, 28, 28)."""
+    saved = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
+    saved.model.image_shape = saved.model.image_shape or list(MNIST_SHAPE)
+    return saved
 
 
 def _check_same_model(cfg: Config, saved: Config, where: Path) -> None:
