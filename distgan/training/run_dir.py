@@ -24,7 +24,12 @@ from distgan.config import (
 from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
 from distgan.locks import DirLock
-from distgan.training.checkpoint import complete_checkpoints, latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from distgan.training.checkpoint import (
+    complete_checkpoints,
+    latest_checkpoint,
+    read_checkpoint_config,
+    resolve_checkpoint,
+)
 from distgan.training.models import MNIST_SHAPE
 from distgan.training.preemption import slurm_job_id
 
