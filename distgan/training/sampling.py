@@ -14,7 +14,7 @@ from distgan.config import Config, config_from_dict
 from distgan.errors import UserError
 from distgan.pixels import to_uint8
 from distgan.training.checkpoint import EMA_FILE, read_checkpoint_config, resolve_checkpoint
-from distgan.training.models import build_generator
+from distgan.training.models import MNIST_SHAPE, build_generator
 from distgan.training.tracking import grid_image, save_png
 
 
@@ -23,8 +23,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     import yaml
 
     ckpt = resolve_checkpoint(path)
-    cfg = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)))
-    g = build_generator(cfg.model)
+    cfg = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
+    cfg.model.image_shape = cfg.model.image_shape or list(MNIST_SHAPE)  # saved before shapes were recorded
+    g = build_generator(cfg.model, cfg.model.image_shape)
     g.load_state_dict(load_file(str(ckpt / EMA_FILE)))
     return g.to(device).eval(), cfg
 
@@ -35,19 +36,21 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
 
 
 def sample_images(generator: torch.nn.Module, n: int, seed: int = 0) -> torch.Tensor:
-    """uint8 images (N, 28, 28) on the CPU from the fixed noise of `seed` (the same on any device)."""
+    """uint8 images (N, H, W) or (N, H, W, C) on the CPU from the fixed noise of `seed` (the same on any device)."""
     return generate_images(generator, fixed_noise(n, int(generator.z_dim), seed))
 
 
 @torch.no_grad()
 def generate_images(generator: torch.nn.Module, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 images (N, 28, 28) on the CPU from noise `z`, in batches."""
+    """uint8 images on the CPU from noise `z`, in batches: (N, H, W) for one channel, (N, H, W, C) otherwise
+    (the layout of image files and of `distgan sample`'s npz)."""
     device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()
     out = [to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)]
     generator.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 28, 28, dtype=torch.uint8)
+    images = torch.cat(out) if out else torch.empty(0, *generator.image_shape[1:], dtype=torch.uint8)
+    return images.permute(0, 2, 3, 1).contiguous() if images.dim() == 4 else images
 
 
 def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path, grid: str | Path | None = None,

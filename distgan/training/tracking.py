@@ -186,10 +186,11 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 
 
 def grid_image(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images (N, H, W) into one uint8 (rows*H, nrow*W) grid with `pad` black pixels between."""
-    n, h, w = images.shape
+    """Tile uint8 images (N, H, W) or (N, H, W, C) into one uint8 (rows*(H+pad)+pad, nrow*(W+pad)+pad[, C])
+    grid with `pad` black pixels between."""
+    n, h, w = images.shape[:3]
     rows = -(-n // nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.uint8)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, *images.shape[3:]), dtype=np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, nrow)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
@@ -197,9 +198,9 @@ def grid_image(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 grayscale image as PNG atomically."""
+    """Write a uint8 image, grayscale (H, W) or RGB (H, W, 3), as PNG atomically."""
     buf = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buf, format="PNG")
+    Image.fromarray(image, mode="L" if image.ndim == 2 else "RGB").save(buf, format="PNG")
     write_bytes_atomic(path, buf.getvalue())
 
 
