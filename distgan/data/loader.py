@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from distgan.data.remote import is_remote, local_split, shard_path
 from distgan.data.shards import (
     MANIFEST,
     Layout,
@@ -46,8 +47,10 @@ WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.
 
 def _split_info(split_dir: str | os.PathLike[str], *, verify: bool = True) -> tuple[Path, str, dict[str, Any]]:
     """(split_dir, split name, that split's manifest entry) for a split dir such as DIR/train; the whole
-    manifest is validated, and with `verify` the split's shards are checked against it (size, sha256)."""
-    split_dir = Path(split_dir)
+    manifest is validated, and with `verify` the split's shards are checked against it (size, sha256).
+    A URL (or a download cache of one, see distgan.data.remote) is read through its cache, whose shards
+    are checked when first read instead."""
+    split_dir = local_split(split_dir)
     if (split_dir / MANIFEST).is_file() and not (split_dir.parent / MANIFEST).is_file():
         raise UserError(f"{split_dir}: this is the prepare output; pass a split directory such as "
                         f"{split_dir / 'train'}")
@@ -56,7 +59,7 @@ def _split_info(split_dir: str | os.PathLike[str], *, verify: bool = True) -> tu
     if split not in manifest["splits"]:
         raise UserError(f"{split_dir}: no split {split!r} in {split_dir.parent / MANIFEST} "
                         f"(it has {', '.join(manifest['splits'])})")
-    if verify:
+    if verify and not is_remote(split_dir.parent):
         verify_split(split_dir.parent, manifest, split)
     return split_dir, split, manifest["splits"][split]
 
@@ -146,7 +149,7 @@ def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, A
                 del cache[s]
         for s in needed:
             if s not in cache:
-                cache[s] = _Shard(plan.split_dir / plan.names[s], plan.counts[s], plan.layout,
+                cache[s] = _Shard(shard_path(plan.split_dir, plan.names[s]), plan.counts[s], plan.layout,
                                   plan.labelled)
         if len(needed) == 1:
             sh, local = cache[needed[0]], ids - offsets[needed[0]]
@@ -264,7 +267,7 @@ def load_split(split_dir: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.T
     """All images (N,C,H,W) uint8 and labels (N,) int64 (-1 if unlabelled) of a split, in stable key
     order, verified."""
     split_dir, entry, layout, labelled = _split_layout(split_dir)
-    shards = [_Shard(split_dir / s["name"], int(s["count"]), layout, labelled) for s in entry["shards"]]
+    shards = [_Shard(shard_path(split_dir, s["name"]), int(s["count"]), layout, labelled) for s in entry["shards"]]
     if not shards:
         return torch.empty((0, *layout.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
     images = np.concatenate([s.images for s in shards])
