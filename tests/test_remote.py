@@ -178,6 +178,16 @@ def test_file_and_pipe_urls(shards7, tmp_path, fast_retries):
         open_dataset((tmp_path / "nowhere").as_uri(), tmp_path / "c3")
     msg = one_line(exc)
     assert "nowhere/manifest.json" in msg and "after 1 try" in msg and "not found" in msg
+    with pytest.raises(UserError) as exc:
+        open_dataset(f"pipe:cat {tmp_path}/nowhere/{{path}}", tmp_path / "c4")
+    msg = one_line(exc)
+    assert msg.startswith(f"pipe:cat {tmp_path}/nowhere/manifest.json: download failed after 3 tries")
+    assert "exit status 1" in msg
+    # A command that stalls is stopped whole (not just its shell) after DISTGAN_FETCH_STALL_S, each try.
+    start = time.monotonic()
+    with pytest.raises(UserError) as exc:
+        open_dataset(f"pipe:sleep 60; cat {shards7}/{{path}}", tmp_path / "c5")
+    assert "no data for 1s" in one_line(exc) and time.monotonic() - start < 15
 
 
 # -- corruption -----------------------------------------------------------------------------------

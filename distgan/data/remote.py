@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -117,6 +118,20 @@ class _Failure(Exception):
         self.permanent = permanent
 
 
+def _kill(proc: Any) -> None:
+    """SIGKILL a download subprocess and, when it leads a session of its own, everything it started."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        proc.kill()
+
+
 class _Watchdog:
     """Kills a download subprocess that sends nothing for `stall_s` seconds or runs past `deadline`."""
 
@@ -137,9 +152,7 @@ class _Watchdog:
                 self.fired = "out of time"
             else:
                 continue
-            if self.proc is not None:
-                with contextlib.suppress(OSError):
-                    self.proc.kill()
+            _kill(self.proc)
             return
 
     def progress(self) -> None:
@@ -174,6 +187,7 @@ def _open_fsspec(url: str, scheme: str) -> BinaryIO:
 
 def _open(url: str, policy: FetchPolicy, stderr: BinaryIO) -> tuple[BinaryIO, Any]:
     """(stream, subprocess or None) reading `url`; raises _Failure or UserError."""
+    from webdataset import utils as wds_utils
     from webdataset.gopen import Pipe, gopen, gopen_schemes  # (`webdataset.gopen` is also a function)
 
     scheme = _scheme(url)
@@ -183,11 +197,19 @@ def _open(url: str, policy: FetchPolicy, stderr: BinaryIO) -> tuple[BinaryIO, An
             cmd = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout",
                    f"{policy.connect_s:g}", "--speed-limit", "1", "--speed-time", f"{max(1, round(policy.stall_s))}",
                    url]
-            pipe = Pipe(cmd, mode="rb", bufsize=1 << 16, stderr=stderr)
+            pipe = Pipe(cmd, mode="rb", bufsize=1 << 16, stderr=stderr, start_new_session=True)
+            return pipe, pipe.proc
+        if scheme == "pipe":
+            # gopen's pipe handler, in a session of its own so that the watchdog can stop the whole command
+            # (killing only `sh` leaves `a` of `a | b` writing to our pipe)
+            if getattr(wds_utils, "enforce_security", False):
+                raise UserError(f"{url}: pipe: URLs are disabled by WDS_SECURE=1; unset it or use another URL")
+            pipe = Pipe(url[len("pipe:"):], mode="rb", shell=True, bufsize=1 << 16, ignore_status=[141],
+                        start_new_session=True)
             return pipe, pipe.proc
         if scheme in _FSSPEC:
             return _open_fsspec(url, scheme), None
-        if scheme in ("file", "pipe") or scheme in gopen_schemes:
+        if scheme == "file" or scheme in gopen_schemes:
             stream = gopen(url, "rb")
             return stream, getattr(stream, "proc", None)
         try:
@@ -212,11 +234,13 @@ def _read(url: str, sink: Callable[[bytes], None], limit: int, policy: FetchPoli
     with tempfile.TemporaryFile() as err:
         stream, proc = _open(url, policy, err)
         dog = _Watchdog(proc, policy.stall_s, deadline)
+        # read1 returns what has arrived (a slow but live download keeps the watchdog fed); Pipe wraps its stream
+        read = getattr(getattr(stream, "stream", stream), "read1", None) or stream.read
         n, failure, done = 0, None, False
         try:
             while True:
                 try:
-                    chunk = stream.read(1 << 20)
+                    chunk = read(1 << 20)
                 except (OSError, ValueError) as e:
                     failure = e
                     break
@@ -230,8 +254,8 @@ def _read(url: str, sink: Callable[[bytes], None], limit: int, policy: FetchPoli
                 sink(chunk)
         finally:
             dog.stop()
-            if proc is not None and not done and proc.poll() is None:
-                proc.kill()  # we stop reading early: never wait on a command that may not exit
+            if not done:
+                _kill(proc)  # we stop reading early: never wait on a command that may not exit
             try:
                 stream.close()
             except (OSError, ValueError) as e:
