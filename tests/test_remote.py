@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import REPO, accelerate_launch, child_env
 
+from distgan.config import DataConfig
 from distgan.data import build_loader, load_split, samples_per_epoch
 from distgan.data.prepare import prepare
 from distgan.data.remote import REMOTE, FetchPolicy, default_cache_dir, ensure_shard, open_dataset
@@ -408,3 +409,24 @@ def test_two_processes_share_one_download_per_shard(serve, shards7, tmp_path):
         # The same batches as rank 1 of 2 read from the local prepare output.
         assert per_rank[1] == keys_of(shards7 / "test", rank=1, world_size=2, seed=7, epoch=epoch + 1)
     assert sorted(os.listdir(cache / "test")) == [f"test-{i:06d}.tar" for i in range(7)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif("cache_dir" not in DataConfig.model_fields, reason="data.cache_dir is not wired yet")
+def test_two_process_train_from_url(serve, mnist_shards, tmp_path):
+    """`distgan train` with data.dir=<URL>: the same weights as from the local prepare output; the train shards
+    are fetched once each (after one corrupt copy each), the test split not at all."""
+    from test_train import assert_same_weights, final_weights
+
+    bad = {"/train/train-000000.tar": "corrupt_once", "/train/train-000001.tar": "corrupt_once"}
+    server = serve(mnist_shards, bad)
+    common = ["-m", "distgan", "train", "--config", "configs/debug.yaml", "wandb.mode=offline", "train.steps=12",
+              "train.batch_size=250", "checkpoint.every=12"]  # 12 x 500 samples: both train shards are read
+    runs = {name: tmp_path / name for name in ("url", "local")}
+    accelerate_launch([*common, f"data.dir={server.url}", f"data.cache_dir={tmp_path / 'cache'}",
+                       f"run.dir={runs['url']}"], timeout=270, env=child_env(**FAST))
+    accelerate_launch([*common, f"data.dir={mnist_shards}", f"run.dir={runs['local']}"], timeout=270)
+    assert_same_weights(final_weights(runs["url"]), final_weights(runs["local"]))
+    assert server.shard_requests() == dict.fromkeys(bad, 2)
+    assert sorted(os.listdir(tmp_path / "cache" / "train")) == ["train-000000.tar", "train-000001.tar"]
