@@ -22,7 +22,6 @@ name "distgan-mnist-shards") is still read, as shape [1, 28, 28], 10 classes "0"
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -30,7 +29,7 @@ import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import webdataset as wds
@@ -134,48 +133,68 @@ def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, 
         writer.close()
 
 
-def decode_pack(sample: Mapping[str, Any], where: str,
-                layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode one pack (a webdataset-style sample dict) into images (n,C,H,W), labels (n,) and keys."""
+def _check_pack(sample: Mapping[str, Any], where: str, layout: Layout) -> tuple[np.ndarray, list[str]]:
+    """A pack's labels and keys, once its members are all there and their sizes agree (else UserError)."""
     missing = [m for m in MEMBERS if m not in sample]
     if missing:
         raise UserError(f"{where}: pack {sample.get('__key__')} lacks {', '.join(missing)}; the shard is "
                         f"corrupt, rerun `distgan prepare`")
     labels = np.frombuffer(sample["labels.u8"], dtype=np.uint8)
     n = len(labels)
-    raw = sample["images.u8"]
+    image_len = len(sample["images.u8"])
     try:
         keys = bytes(sample["keys.txt"]).decode("ascii").split("\n") if n else []
     except UnicodeDecodeError:
         keys = []
-    if len(raw) != n * layout.image_bytes or len(keys) != n:
-        raise UserError(f"{where}: pack {sample.get('__key__')} has {len(raw)} image bytes and {len(keys)} "
+    if image_len != n * layout.image_bytes or len(keys) != n:
+        raise UserError(f"{where}: pack {sample.get('__key__')} has {image_len} image bytes and {len(keys)} "
                         f"keys for {n} labels ({'x'.join(map(str, layout.shape))} images); the shard is corrupt, "
                         f"rerun `distgan prepare`")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(n, *layout.shape), labels, keys
+    return labels, keys
+
+
+def decode_pack(sample: Mapping[str, Any], where: str,
+                layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode one pack (a webdataset-style sample dict) into images (n,C,H,W), labels (n,) and keys."""
+    labels, keys = _check_pack(sample, where, layout)
+    return np.frombuffer(sample["images.u8"], dtype=np.uint8).reshape(len(labels), *layout.shape), labels, keys
 
 
 def _corrupt(path: Path, what: str) -> UserError:
     return UserError(f"{path}: {what}; the shard is truncated or corrupt, rerun `distgan prepare`")
 
 
-def _packs(path: Path, data: bytes, layout: Layout) -> list[dict[str, Any]]:
-    """Group the members of an uncompressed tar (held in `data`) into packs, checking each header first.
+@dataclass(frozen=True)
+class _Span:
+    """Where an images.u8 member's bytes lie in the shard file (read later, straight into the array)."""
+
+    offset: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _packs(path: Path, f: BinaryIO, file_size: int, layout: Layout) -> list[dict[str, Any]]:
+    """Group the members of an uncompressed tar file into packs, checking each header first; images.u8
+    members are left as a _Span (not read), the small labels and keys members are read.
 
     Why the stdlib `tarfile` and not webdataset's pipeline: we always read whole packed shards (no
     streaming, shuffling or URL handling to gain), webdataset's tar reader lives in its internal
     `tariterators` module, and it opens tars with mode "r|*", which transparently gunzips a
     compressed shard and reads each member whole, so a 1.4 MB shard holding a 1.5 GB member cost
     3 GB of memory. Here only headers are parsed: each member's declared size is checked against
-    what a pack of `layout` can hold (Layout.max_member_bytes) *before* its bytes are touched, and the bytes are then
-    sliced out of the file already in memory. Shards are still written by webdataset's TarWriter and
-    stay readable by `wds.WebDataset(url)` (tests/test_prepare.py checks both).
+    what a pack of `layout` can hold (Layout.max_member_bytes) and against the file's size *before*
+    its bytes are touched. Shards are still written by webdataset's TarWriter and stay readable by
+    `wds.WebDataset(url)` (tests/test_prepare.py checks both).
     """
-    if data[:2] == b"\x1f\x8b":
+    if f.read(2) == b"\x1f\x8b":
         raise _corrupt(path, "is gzip-compressed, but distgan shards are plain tar files")
+    f.seek(0)
     packs: list[dict[str, Any]] = []
     caps = layout.max_member_bytes
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+    small: list[tuple[dict[str, Any], str, int, int]] = []
+    with tarfile.open(fileobj=f, mode="r:") as tar:  # type: ignore[call-overload]
         for member in tar:
             base = member.name.rsplit("/", 1)[-1]
             key, dot, suffix = base.partition(".")
@@ -188,26 +207,42 @@ def _packs(path: Path, data: bytes, layout: Layout) -> list[dict[str, Any]]:
                                      f"{'x'.join(map(str, layout.shape))} images allows")
             if not member.isfile() or member.issparse():
                 raise _corrupt(path, f"member {member.name!r} is not a plain regular file")
-            end = member.offset_data + member.size
-            if end > len(data):
+            if member.offset_data + member.size > file_size:
                 raise _corrupt(path, f"member {member.name!r} runs past the end of the file")
             if not packs or packs[-1]["__key__"] != key:
                 packs.append({"__key__": key})
             if suffix in packs[-1]:
                 raise _corrupt(path, f"member {member.name!r} appears twice")
-            packs[-1][suffix] = data[member.offset_data:end]
+            packs[-1][suffix] = _Span(member.offset_data, member.size)
+            if suffix != "images.u8":
+                small.append((packs[-1], suffix, member.offset_data, member.size))
+    for pack, suffix, offset, size in small:  # labels and keys: at most 65 bytes per image
+        f.seek(offset)
+        pack[suffix] = f.read(size)
     return packs
 
 
 def read_shard(path: Path, layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a whole shard: images (n,C,H,W) uint8, labels (n,) uint8, keys.
 
-    Memory is bounded by the shard's size on disk (plus the decoded arrays, the same size again). Any
-    read or format problem becomes a one-line UserError naming the shard.
+    Every pack is checked (members present, sizes agreeing with its number of labels) before the image
+    array is allocated, so memory is bounded by the shard's size on disk; each images member is then
+    read from the file straight into its place in that array (one copy). Any read or format problem
+    becomes a one-line UserError naming the shard.
     """
     try:
-        data = path.read_bytes()
-        packs = [decode_pack(p, str(path), layout) for p in _packs(path, data, layout)]
+        with open(path, "rb") as f:
+            packs = _packs(path, f, os.fstat(f.fileno()).st_size, layout)
+            checked = [_check_pack(p, str(path), layout) for p in packs]  # before any allocation
+            images = np.empty((sum(len(labels) for labels, _ in checked), *layout.shape), np.uint8)
+            flat = memoryview(images.reshape(-1))
+            pos = 0
+            for p in packs:
+                span: _Span = p["images.u8"]
+                f.seek(span.offset)
+                if f.readinto(flat[pos:pos + span.size]) != span.size:
+                    raise _corrupt(path, f"pack {p['__key__']} runs past the end of the file")
+                pos += span.size
     except UserError:
         raise
     except FileNotFoundError as e:
@@ -215,10 +250,9 @@ def read_shard(path: Path, layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, n
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         msg = str(e).split("\n")[0] or type(e).__name__
         raise _corrupt(path, f"cannot read shard ({type(e).__name__}: {msg})") from e
-    if not packs:
-        return np.empty((0, *layout.shape), np.uint8), np.empty((0,), np.uint8), []
-    return (np.concatenate([p[0] for p in packs]), np.concatenate([p[1] for p in packs]),
-            [k for p in packs for k in p[2]])
+    if not checked:
+        return images, np.empty((0,), np.uint8), []
+    return images, np.concatenate([labels for labels, _ in checked]), [k for _, keys in checked for k in keys]
 
 
 # -- manifest -------------------------------------------------------------------------------------
