@@ -12,5 +12,6 @@ def to_signed(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [-1, 1], (B, 1, 28, 28) -> uint8 (B, 28, 28)."""
+    """Float images in [-1, 1], (B, C, H, W) -> uint8 (B, H, W) for one channel (the channel axis is
+    dropped), (B, C, H, W) otherwise."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)

@@ -1,6 +1,7 @@
 """`distgan eval`: score a checkpoint's EMA generator or a samples file against the real test split.
 
-Prints a table of FID, KID, MNIST score, precision/recall and class coverage beside the reference
+Works for any image shape and number of classes the classifier file was trained for. Prints a table of
+FID, KID, classifier Inception Score (MNIST score), precision/recall and class coverage beside the reference
 scores of real data (train vs test) saved in the classifier file; `--json` writes the scores. Also runs
 under `accelerate launch`: every rank generates and featurizes its share, the main process reports.
 """
@@ -15,7 +16,8 @@ from distgan.atomic import write_json_atomic
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint directory, or a run directory (its latest)")
-    src.add_argument("--samples", help=".npz with key `images`: uint8 N x 28 x 28 (any generator's output)")
+    src.add_argument("--samples", help=".npz with key `images`: uint8 N x H x W (grayscale) or N x H x W x 3 "
+                     "(colour; N x C x H x W also read), of the classifier's input shape")
     parser.add_argument("--n", type=int, default=10000, help="number of samples (default 10000; with "
                         "--samples, the first n of the file)")
     parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
@@ -40,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reference = result["reference"]
     print(f"scored {result['source']} on {result['num_processes']} process(es)")
-    print(format_table(result, reference))
+    print(format_table(result, reference, result["classifier_input_shape"]))
     if reference and int(reference["n"]) != int(result["n"]):
         print(f"note: FID and KID depend on the sample count; the reference used n={int(reference['n'])}")
-    print(f"real data: {result['real']}; classifier {result['classifier']} sha256 {result['classifier_sha256']}")
+    shape = "x".join(map(str, result["classifier_input_shape"]))
+    print(f"real data: {result['real']}; classifier {result['classifier']} ({shape}, {result['num_classes']} "
+          f"classes) sha256 {result['classifier_sha256']}")
     if args.json:
         keep = ("source", "real", "num_processes", "classifier")
         out = {k: v for k, v in result.items() if k not in keep}

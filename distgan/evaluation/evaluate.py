@@ -1,4 +1,5 @@
-"""Scoring generated digits against the real test split, on one process or many.
+"""Scoring generated images against the real test split, on one process or many (any image shape and
+number of classes the classifier file was trained for).
 
 Every rank computes the classifier features of its share of the samples; the features are gathered,
 the main process computes the scores (distgan.evaluation.metrics) and broadcasts them, so every rank
@@ -21,7 +22,13 @@ import numpy as np
 import torch
 
 from distgan.errors import UserError
-from distgan.evaluation.classifier import MnistClassifier, embed_images, load_classifier_file, to_input
+from distgan.evaluation.classifier import (
+    FeatureClassifier,
+    check_images_fit,
+    embed_images,
+    load_classifier_file,
+    to_input,
+)
 from distgan.evaluation.metrics import FeatureSet, compute_metrics
 from distgan.pixels import to_uint8
 from distgan.training.sampling import fixed_noise
@@ -31,9 +38,25 @@ from distgan.training.sampling import fixed_noise
 class Classifier:
     """A loaded classifier file: the model (CPU, eval mode) and what was saved beside it."""
 
-    model: MnistClassifier
+    model: FeatureClassifier
     sha256: str
     blob: dict[str, Any]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this classifier scores."""
+        return self.model.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes (the width of the logits)."""
+        return self.model.num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names recorded in the file, or None."""
+        names = self.blob.get("class_names")
+        return list(names) if names is not None else None
 
     @property
     def reference(self) -> dict[str, float]:
@@ -84,8 +107,22 @@ def split_fingerprint(split_dir: str | Path) -> str | None:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
+def canonical_images(images: np.ndarray, what: str) -> np.ndarray:
+    """uint8 images as evaluation holds them: N x H x W for one channel, N x C x H x W (C = 3) for colour.
+
+    Accepts N x H x W (one channel) and N x C x H x W with C in {1, 3} (the channel axis of one-channel
+    images is dropped, as distgan.pixels.to_uint8 does); UserError otherwise."""
+    if images.ndim == 4 and images.shape[1] == 1:
+        return images[:, 0]
+    if images.ndim == 3 or (images.ndim == 4 and images.shape[1] == 3):
+        return images
+    raise UserError(f"{what}: images have shape {tuple(images.shape)}; expected N x H x W or N x C x H x W "
+                    f"with C in {{1, 3}}")
+
+
 def load_split_images(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images N x 28 x 28, int64 labels) of a prepared split, via distgan.data.load_split."""
+    """(uint8 images, int64 labels) of a prepared split, via distgan.data.load_split: images N x H x W
+    for one channel (as the loader returns (N, H, W), or (N, 1, H, W)), N x 3 x H x W for colour."""
     from distgan.data import load_split
 
     split_dir = Path(split_dir)
@@ -93,7 +130,7 @@ def load_split_images(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"split directory {split_dir} not found; pass --shards DIR, the output of "
                         f"`distgan prepare` (with DIR/train and DIR/test)")
     images, labels = load_split(split_dir)
-    return np.asarray(images), np.asarray(labels)
+    return canonical_images(np.asarray(images), str(split_dir)), np.asarray(labels)
 
 
 def real_features(clf: Classifier, test_split: str | Path | None) -> FeatureSet:
@@ -109,6 +146,7 @@ def real_features(clf: Classifier, test_split: str | Path | None) -> FeatureSet:
         images, _ = load_split_images(test_split)
         if len(images) < 2:
             raise UserError(f"split {test_split} has {len(images)} images; need at least 2")
+        check_images_fit(clf.model, images, f"the real images of {test_split}")
         _REAL[key] = FeatureSet(*embed_images(clf.model, images))
     return _REAL[key]
 
@@ -124,7 +162,8 @@ def _distributed_features(accelerator: Any | None, n: int, clf: Classifier, batc
                           make_images: Callable[[int, int], torch.Tensor]) -> FeatureSet | None:
     """Featurize samples [0, n) split over ranks; the main process gets all n (in order), others None.
 
-    make_images(lo, hi) returns uint8 images (hi - lo, 28, 28) for samples lo..hi-1. Rank r takes the
+    make_images(lo, hi) returns uint8 images (hi - lo, H, W) or (hi - lo, C, H, W) of the classifier's
+    input shape for samples lo..hi-1. Rank r takes the
     contiguous block [r * per, (r + 1) * per) with per = ceil(n / world); blocks are zero-padded to
     `per` rows for the gather, and the padding (all past index n) is dropped afterwards.
     """
@@ -143,7 +182,7 @@ def _distributed_features(accelerator: Any | None, n: int, clf: Classifier, batc
                 rows.append(torch.cat([feats, logits], dim=1).float())
     finally:
         clf.model.to("cpu")
-    width = model.num_features + model.fc2.out_features
+    width = model.num_features + model.num_classes
     local = torch.zeros(per, width, device=device)
     if rows:
         local[: hi - lo] = torch.cat(rows)
@@ -184,11 +223,12 @@ def _score_on_main(accelerator: Any | None, fake: FeatureSet | None, clf: Classi
 def evaluate_images(accelerator: Any | None, images: torch.Tensor | np.ndarray, *,
                     classifier_path: str | Path, test_split: str | Path | None, seed: int = 0,
                     batch_size: int = 500) -> dict[str, float]:
-    """Scores of uint8 images (N, 28, 28) against the real test split (None: the split cached in the
-    classifier file). Collective when `accelerator` is given (every rank passes the same images, each
-    featurizes its share); returns the same dict on every rank."""
+    """Scores of uint8 images (N, H, W) or (N, C, H, W), of the classifier's input shape, against the real
+    test split (None: the split cached in the classifier file). Collective when `accelerator` is given
+    (every rank passes the same images, each featurizes its share); returns the same dict on every rank."""
     images = torch.as_tensor(np.asarray(images))
     clf = load_classifier(classifier_path)
+    check_images_fit(clf.model, images, "the images to score")  # on every rank: none waits in the gather
     fake = _distributed_features(accelerator, len(images), clf, batch_size, lambda lo, hi: images[lo:hi])
     return _score_on_main(accelerator, fake, clf, test_split, seed)
 
@@ -213,16 +253,22 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
     default = accelerator.device if accelerator is not None else torch.device("cpu")
     g_device = _device_of(g, default)
 
+    clf = load_classifier(classifier_path)
+    expected = clf.input_shape
+
     def make_images(lo: int, hi: int) -> torch.Tensor:
         out = g(noise[lo:hi].to(g_device))
-        if tuple(out.shape[1:]) != (1, 28, 28):
-            raise ValueError(f"generator returned shape {tuple(out.shape)}; expected (B, 1, 28, 28)")
+        if tuple(out.shape[1:]) != expected:
+            raise UserError(f"the generator returns images of shape {tuple(out.shape)} but the classifier "
+                            f"{classifier_path} expects (B, {', '.join(map(str, expected))}); use a classifier "
+                            f"trained on this dataset (`distgan train-classifier --shards DIR`)")
         return to_uint8(out)
 
-    clf = load_classifier(classifier_path)
     was_training = g.training
     g.eval()
     try:
+        with torch.no_grad():
+            make_images(0, 1)  # every rank checks the shape, even one whose share is empty
         fake = _distributed_features(accelerator, n, clf, batch_size, make_images)
     finally:
         g.train(was_training)

@@ -1,6 +1,7 @@
 """The scores, from features already extracted by the classifier (no images here).
 
-FID, KID and the classifier Inception Score ("MNIST score") are torchmetrics' implementations, fed the
+Nothing here depends on the dataset: the number of classes K is the width of the logits.
+FID, KID and the classifier Inception Score ("MNIST score" on MNIST) are torchmetrics' implementations, fed the
 classifier's features through an identity feature module; FID's statistics are float64. Precision and
 recall (Kynkäänniemi et al. 2019, k=3) and class coverage are written here (torchmetrics has neither).
 Every random choice (KID subsets, IS split order, the real subset for precision/recall) is seeded, so
@@ -24,12 +25,14 @@ K_NEAREST = 3
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
-CLASS_PRESENT_MIN_SHARE = 0.01  # a digit is "present" if at least 1% of the samples are classified as it
+# a class is "present" if at least a tenth of its uniform share (1/K) of the samples is classified as it:
+# 1% for K = 10 classes
+CLASS_PRESENT_MIN_FRACTION_OF_UNIFORM = 0.1
 
 
 @dataclass
 class FeatureSet:
-    """Classifier outputs for a set of images: penultimate features (N, D) and logits (N, 10), on CPU."""
+    """Classifier outputs for a set of images: penultimate features (N, D) and logits (N, K), on CPU."""
 
     features: torch.Tensor
     logits: torch.Tensor
@@ -121,20 +124,27 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = K_NEARE
 
 
 def class_mix(logits: torch.Tensor) -> torch.Tensor:
-    """Share of samples the classifier assigns to each digit (float64, sums to 1)."""
+    """Share of samples the classifier assigns to each of the K = logits.shape[1] classes (float64, sums
+    to 1)."""
     counts = torch.bincount(logits.argmax(dim=1), minlength=logits.shape[1]).double()
     return counts / counts.sum().clamp(min=1)
 
 
 def class_coverage(fake_logits: torch.Tensor, real_mix: torch.Tensor) -> tuple[int, float]:
-    """(digits with at least 1% of the samples, KL(sample class mix || real class mix) in nats).
+    """(classes with at least 0.1/K of the samples (1% for K = 10), KL(sample class mix || real class mix)
+    in nats), for K = fake_logits.shape[1] classes.
 
-    The KL is finite even when digits are missing (a one-digit generator scores about ln 10 = 2.3)."""
+    The KL is finite even when classes are missing (a one-class generator scores -ln(that class's real
+    share): ln K for balanced classes, ln 10 = 2.3 for MNIST)."""
+    if real_mix.shape != (fake_logits.shape[1],):
+        raise ValueError(f"real class mix has shape {tuple(real_mix.shape)}; expected ({fake_logits.shape[1]},) "
+                         f"like the logits")
     p = class_mix(fake_logits)
     q = real_mix.double().clamp(min=1e-12)
     present = p > 0
     kl = float((p[present] * (p[present] / q[present]).log()).sum())
-    return int((p >= CLASS_PRESENT_MIN_SHARE).sum()), max(kl, 0.0)
+    min_share = CLASS_PRESENT_MIN_FRACTION_OF_UNIFORM / len(p)
+    return int((p >= min_share - 1e-12).sum()), max(kl, 0.0)
 
 
 def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dict[str, float]:
@@ -147,6 +157,10 @@ def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dic
     n = len(fake)
     if n < 2 or len(real) < 2:
         raise ValueError(f"need at least 2 real and 2 generated samples, got {len(real)} and {n}")
+    if real.features.shape[1] != fake.features.shape[1] or real.logits.shape[1] != fake.logits.shape[1]:
+        raise ValueError(f"real and generated sets come from different classifiers: features "
+                         f"{real.features.shape[1]} vs {fake.features.shape[1]}, classes {real.logits.shape[1]} vs "
+                         f"{fake.logits.shape[1]}")
     gen = torch.Generator().manual_seed(seed)
     real_pr = real.features
     if len(real) > n:

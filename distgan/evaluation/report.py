@@ -12,11 +12,34 @@ import numpy as np
 
 from distgan.errors import UserError
 
-FORMAT_HINT = "save uint8 images N x 28 x 28 with numpy.savez(FILE, images=images)"
+FORMAT_HINT = ("save uint8 images N x H x W (grayscale) or N x H x W x 3 (colour) with "
+               "numpy.savez(FILE, images=images)")
+MNIST_SHAPE = (1, 28, 28)
 
 
-def load_samples(path: str | Path, n: int | None = None) -> np.ndarray:
-    """uint8 images (N, 28, 28) from an .npz with key `images` (the first n); UserError if malformed."""
+def _dims(shape: tuple[int, ...]) -> str:
+    return " x ".join(["N", *map(str, shape)])
+
+
+def samples_layout(shape: tuple[int, ...], expected: tuple[int, int, int]) -> str | None:
+    """How an images array of `shape` holds images of (C, H, W) = expected: "NHW", "NCHW", "NHWC", or None
+    if it does not. One channel: N x H x W or N x 1 x H x W; three: N x H x W x 3 or N x 3 x H x W."""
+    c, h, w = expected
+    if len(shape) == 3 and c == 1 and shape[1:] == (h, w):
+        return "NHW"
+    if len(shape) == 4 and shape[1:] == (c, h, w):
+        return "NCHW"
+    if len(shape) == 4 and c == 3 and shape[1:] == (h, w, c):
+        return "NHWC"
+    return None
+
+
+def load_samples(path: str | Path, n: int | None = None,
+                 expected: tuple[int, int, int] | None = MNIST_SHAPE) -> np.ndarray:
+    """The first n uint8 images of an .npz with key `images`, checked against the classifier's input shape
+    `expected` = (C, H, W) (default MNIST's; None: any size). Accepts N x H x W, N x 1 x H x W,
+    N x H x W x 3 and N x 3 x H x W; returns N x H x W (one channel) or N x 3 x H x W. UserError (one
+    line, naming the file's shape and the classifier's) if malformed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"samples file {path} not found; {FORMAT_HINT}")
@@ -33,12 +56,30 @@ def load_samples(path: str | Path, n: int | None = None) -> np.ndarray:
     if images.dtype != np.uint8:
         raise UserError(f"{path}: 'images' has dtype {images.dtype}, expected uint8 (0..255); convert with "
                         f"((x.clip(-1, 1) + 1) * 127.5).round().astype(numpy.uint8)")
-    if images.ndim == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise UserError(f"{path}: 'images' has shape {images.shape}, expected N x 28 x 28; {FORMAT_HINT}")
+    shape = tuple(int(v) for v in images.shape)
+    if expected is None:
+        if len(shape) == 4 and shape[1] in (1, 3):
+            expected = shape[1:]
+        elif len(shape) == 4 and shape[3] == 3:
+            expected = (3, *shape[1:3])
+        elif len(shape) == 3:
+            expected = (1, *shape[1:])
+    layout = samples_layout(shape, tuple(expected)) if expected is not None else None
+    if layout is None:
+        if expected is None:
+            want = "N x H x W, N x 1 x H x W, N x H x W x 3 or N x 3 x H x W"
+        elif expected[0] == 1:
+            want = f"{_dims(expected[1:])} or {_dims(tuple(expected))} (the classifier's input {tuple(expected)})"
+        else:
+            c, h, w = expected
+            want = f"{_dims((h, w, c))} or {_dims((c, h, w))} (the classifier's input {tuple(expected)})"
+        raise UserError(f"{path}: 'images' has shape {shape}, expected {want}; {FORMAT_HINT}")
     if n is not None:
         images = images[:n]
+    if layout == "NHWC":
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
     if len(images) < 2:
         raise UserError(f"{path}: {len(images)} image(s); scoring needs at least 2")
     return images
@@ -65,11 +106,20 @@ def resolve_paths(shards: str | Path | None, classifier: str | Path | None) -> t
     return classifier, test_split
 
 
+IS_LABEL = "MNIST score"  # the classifier Inception Score's name on MNIST
+
+
+def is_label(input_shape: tuple[int, ...] | list[int] | None) -> str:
+    """What the table calls the classifier Inception Score: "MNIST score" for 28x28 grayscale, else
+    "classifier IS"."""
+    return IS_LABEL if input_shape is None or tuple(input_shape) == MNIST_SHAPE else "classifier IS"
+
+
 ROWS: list[tuple[str, str, str, str]] = [
     # (label, key, std key, format)
     ("FID", "fid", "", ".3f"),
     ("KID", "kid", "kid_std", ".5f"),
-    ("MNIST score", "is", "is_std", ".3f"),
+    (IS_LABEL, "is", "is_std", ".3f"),
     ("precision (k=3)", "precision", "", ".3f"),
     ("recall (k=3)", "recall", "", ".3f"),
     ("classes", "classes", "", "d"),
@@ -89,11 +139,14 @@ def _cell(scores: dict[str, Any], key: str, std: str, fmt: str) -> str:
     return f"{text} ± {format(scores[std], fmt)}" if std and std in scores else text
 
 
-def format_table(scores: dict[str, Any], reference: dict[str, Any]) -> str:
-    """The scores beside the reference (real train vs test) values."""
+def format_table(scores: dict[str, Any], reference: dict[str, Any],
+                 input_shape: tuple[int, ...] | list[int] | None = None) -> str:
+    """The scores beside the reference (real train vs test) values; `input_shape` (the classifier's)
+    names the Inception Score row."""
     ref_head = f"real train vs test (n={int(reference['n'])})" if reference else "real train vs test"
     lines = [f"{'metric':<16} {'score':>22}   {ref_head}"]
     for label, key, std, fmt in ROWS:
+        label = is_label(input_shape) if key == "is" else label
         lines.append(f"{label:<16} {_cell(scores, key, std, fmt):>22}   {_cell(reference, key, std, fmt)}")
     return "\n".join(lines)
 
@@ -103,8 +156,9 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
           seed: int = 0, batch_size: int = 500) -> dict[str, Any]:
     """Collective: score a checkpoint's EMA G (n samples from `seed`) or a samples file (its first n).
 
-    Returns the scores plus `classifier_sha256`, `reference` (real train vs test), `source`, `real`
-    (what the samples were compared with) and `num_processes`; the same dict on every rank.
+    Returns the scores plus `classifier_sha256`, `classifier_input_shape` ([C, H, W]), `num_classes`,
+    `reference` (real train vs test), `source`, `real` (what the samples were compared with) and
+    `num_processes`; the same dict on every rank.
     """
     from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier
 
@@ -113,8 +167,8 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
     if (checkpoint is None) == (samples is None):
         raise UserError("score either a checkpoint or a samples file")
     classifier_path, test_split = resolve_paths(shards, classifier)
-    images = load_samples(samples, n) if samples is not None else None
     clf = load_classifier(classifier_path)
+    images = load_samples(samples, n, clf.input_shape) if samples is not None else None
     common = dict(classifier_path=classifier_path, test_split=test_split, seed=seed, batch_size=batch_size)
     if images is not None:
         source = f"{len(images)} images from {samples}"
@@ -127,5 +181,6 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
         scores = evaluate_generator(accelerator, generator, n=n, **common)
     real = f"{test_split}" if test_split is not None else f"test features cached in {classifier_path}"
     return {**scores, "classifier_sha256": clf.sha256, "classifier": str(classifier_path),
+            "classifier_input_shape": list(clf.input_shape), "num_classes": clf.num_classes,
             "reference": clf.reference, "source": source, "real": real,
             "num_processes": accelerator.num_processes}
