@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from distgan.errors import UserError
 
@@ -113,6 +123,25 @@ class LogConfig(Section):
     grid_every: StrictInt = Field(500, ge=1, le=MAX_STEPS)  # sample grid every M steps
     grid_size: StrictInt = Field(8, ge=1, le=32)  # grid_size x grid_size samples (32: a 896 px square image)
     progress: StrictBool = True  # progress bar on the main process
+    # Trackers besides RUN_DIR/metrics.jsonl (always written): wandb, tensorboard (RUN_DIR/tensorboard/), both,
+    # or none ([]). wandb.mode=disabled still turns W&B off. The YAML key is `with` (a Python keyword).
+    with_: list[Literal["wandb", "tensorboard"]] = Field(["wandb"], alias="with")
+
+    @field_validator("with_", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # log.with=tensorboard means [tensorboard]
+
+    @field_validator("with_")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))  # [wandb, wandb] means [wandb]
+
+    @model_serializer(mode="wrap")
+    def _dump_with(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        data["with"] = data.pop("with_")  # dumped (config.yaml, checkpoints, W&B) under its YAML name
+        return data
 
 
 class CheckpointConfig(Section):
@@ -204,7 +233,7 @@ def _section_fields(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         model = model.model_fields[part].annotation  # type: ignore[assignment]
-    return list(model.model_fields)
+    return [field.alias or name for name, field in model.model_fields.items()]  # log.with, not log.with_
 
 
 def _one_line(err: dict[str, Any]) -> str:
@@ -337,6 +366,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "train.steps",  # extend (or shorten) a run: the point of resuming
     "train.nan_patience",  # when to give up on non-finite losses; not a training value
     "log.*",  # what and how often to log; the grid noise only draws pictures
+    "log.with",  # which trackers get the metrics (W&B, TensorBoard); metrics.jsonl is always written
     "checkpoint.*",  # how often to save and how many to keep
     "eval.*",  # evaluation reads G, never changes it (note: FIDs at other n/classifier are not comparable)
     "wandb.*",  # where the metrics go

@@ -6,11 +6,16 @@ that says how to log in), before anything starts. `start_tracking` bounds the on
 WANDB_INIT_TIMEOUT (default 60 s), ends the wait at once on a stop signal (SIGTERM, SIGUSR1, Ctrl-C: the
 trainer then saves at its first step boundary), and on either, or any other error, continues with an
 offline run in RUN_DIR/wandb, to upload later with `wandb sync`.
+
+TensorBoard (`log.with: [..., tensorboard]`) is a second accelerate tracker writing to RUN_DIR/tensorboard/:
+scalars through `accelerator.log`, the sample grid through `log_image`, the config as text. A resumed run
+hides the events a dead run logged after the checkpoint it resumes from (SummaryWriter's purge_step).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import math
@@ -20,11 +25,14 @@ import secrets
 import signal
 import string
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import yaml
+from accelerate.tracking import GeneralTracker, TensorBoardTracker, on_main_process
 from PIL import Image
 
 from distgan.atomic import write_bytes_atomic, write_text_atomic
@@ -34,6 +42,7 @@ from distgan.training.preemption import PreemptionWatcher, StopRequested, instal
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id"
+TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard/: `tensorboard --logdir RUN_DIR` (or runs/ for all)
 DEFAULT_INIT_TIMEOUT_S = 60.0  # wandb's own default is 90 s, plus a 10 s grace
 
 
@@ -106,14 +115,27 @@ def run_id(run_dir: Path) -> str:
 
 
 def start_tracking(accelerator: Any, *, mode: str, project: str, entity: str | None, name: str | None,
-                   run_dir: Path, config: dict[str, Any], watcher: PreemptionWatcher | None = None) -> str:
-    """Start the wandb tracker on the main process (accelerate's trackers log from the main process only).
+                   run_dir: Path, config: dict[str, Any], watcher: PreemptionWatcher | None = None,
+                   resume_step: int = 0) -> str:
+    """Start the accelerator's trackers on the main process (accelerate's trackers log from the main process
+    only): wandb unless `mode` is disabled, and TensorBoard in RUN_DIR/tensorboard when `log_with` has it
+    (events past `resume_step` from an earlier run are hidden).
 
-    Returns the mode the run got: "disabled" (also on other ranks), "online", or "offline" (asked for, or
-    the fallback when the online start failed, timed out, or was cut short by a stop signal of `watcher`,
+    Returns the W&B mode the run got: "disabled" (also on other ranks), "online", or "offline" (asked for,
+    or the fallback when the online start failed, timed out, or was cut short by a stop signal of `watcher`,
     by default the installed one).
     """
-    if mode == "disabled" or not accelerator.is_main_process:
+    if not accelerator.is_main_process:
+        return "disabled"
+    board = _tensorboard_tracker(accelerator)
+    if board is not None:
+        board.logging_dir_param = str(run_dir)
+        board.init_kwargs = {**board.init_kwargs, "purge_step": resume_step + 1}
+        board.start()  # before W&B: its offline fallback below starts the trackers again, this one stays open
+    if mode == "disabled":
+        if board is not None:  # TensorBoard alone, as init_trackers would add it; never a W&B run
+            accelerator.trackers.append(board)
+            board.store_init_configuration(config)
         return "disabled"
     init = {"id": run_id(run_dir), "resume": "allow", "dir": str(run_dir), "mode": mode,
             "name": name or run_dir.name, "entity": entity}
@@ -144,6 +166,82 @@ def start_tracking(accelerator: Any, *, mode: str, project: str, entity: str | N
     log.warning("%s; continuing with W&B offline: upload it later with `wandb sync %s/wandb/offline-run-*`",
                 why, run_dir)
     return "offline"
+
+
+def tracker_list(log_with: Sequence[str], wandb_mode: str) -> list[Any] | None:
+    """accelerate's `log_with` for `log.with` and the resolved W&B mode: "wandb" first (the offline fallback
+    of `start_tracking` relies on it), then a `RunTensorBoard`; None for neither.
+
+    UserError (one line) when TensorBoard is asked for but not installed: accelerate would drop it silently.
+    """
+    trackers: list[Any] = []
+    if "wandb" in log_with and wandb_mode != "disabled":
+        trackers.append("wandb")
+    if "tensorboard" in log_with:
+        if not is_tensorboard_available():
+            raise UserError("log.with has tensorboard but the tensorboard package is not installed: "
+                            "pip install 'distgan[tensorboard]' (or pip install tensorboard), or drop it from log.with")
+        trackers.append(RunTensorBoard())
+    return trackers or None
+
+
+def is_tensorboard_available() -> bool:
+    """Whether a TensorBoard writer can start: torch.utils.tensorboard (needs `tensorboard`) or tensorboardX."""
+    for module in ("torch.utils.tensorboard", "tensorboardX"):
+        try:
+            importlib.import_module(module)
+            return True
+        except ImportError:
+            continue
+    return False
+
+
+class RunTensorBoard(TensorBoardTracker):
+    """accelerate's TensorBoard tracker, writing to RUN_DIR/tensorboard: `start_tracking` sets the directory
+    once the run directory is known (the accelerator exists before it) and starts it. The config is stored as
+    YAML text: TensorBoard's hparams take flat scalars only and add a directory per start."""
+
+    def __init__(self) -> None:
+        GeneralTracker.__init__(self)  # not TensorBoardTracker's: before accelerate 1.8 it opened the writer there
+        self.run_name = TENSORBOARD_DIR
+        self.logging_dir_param = "."
+        self.init_kwargs: dict[str, Any] = {}
+        self.writer: Any = None
+
+    @on_main_process
+    def start(self) -> None:
+        """Open the writer in <logging dir>/tensorboard, once (accelerate >= 1.8 calls this again in
+        `init_trackers`; older versions never do, so `start_tracking` calls it first)."""
+        if self.writer is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from tensorboardX import SummaryWriter
+        self.logging_dir = os.path.join(self.logging_dir_param, self.run_name)
+        self.writer = SummaryWriter(self.logging_dir, **self.init_kwargs)
+
+    @on_main_process
+    def store_init_configuration(self, values: dict[str, Any]) -> None:
+        text = yaml.safe_dump(values, sort_keys=False)
+        self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))  # a code block
+        self.writer.flush()
+
+
+def _tensorboard_tracker(accelerator: Any) -> RunTensorBoard | None:
+    return next((t for t in getattr(accelerator, "log_with", None) or () if isinstance(t, RunTensorBoard)), None)
+
+
+def log_image(accelerator: Any, key: str, image: np.ndarray, *, step: int, caption: str) -> None:
+    """Log a uint8 image, (H, W) or (H, W, C), to the started trackers: a wandb.Image to W&B (as before), an
+    image to TensorBoard. Does nothing without trackers (other ranks, or neither W&B nor TensorBoard)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            tracker.log({key: wandb_image(image, caption)}, step=step)
+        elif tracker.name == "tensorboard":
+            batch = image[None, None] if image.ndim == 2 else image[None]
+            tracker.log_images({key: batch}, step=step, dataformats="NCHW" if image.ndim == 2 else "NHWC")
+            tracker.tracker.flush()
 
 
 def _end_wandb_service(wait_s: float = 3.0) -> None:

@@ -24,13 +24,14 @@ from distgan.data.stream import BatchStream
 from distgan.errors import UserError
 from distgan.training.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.training.gan_step import GANStep
+from distgan.training.metrics_file import MetricsFile
 from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.preemption import PreemptionWatcher
 from distgan.training.run_dir import RunDir, resolve_run_path
 from distgan.training.sampling import fixed_noise, generate_images
 from distgan.training.scalar_log import ScalarLog
-from distgan.training.tracking import grid_image, resolve_mode, save_png, start_tracking, wandb_image
+from distgan.training.tracking import grid_image, log_image, resolve_mode, save_png, start_tracking, tracker_list
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ def train(cfg: Config) -> TrainResult:
 
 
 def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
-    """An Accelerator for this config: W&B tracker, DDP options and a process-group timeout."""
+    """An Accelerator for this config: its trackers (log.with), DDP options and a process-group timeout."""
     return Accelerator(
         cpu=needs_cpu_flag(),
         mixed_precision=accelerate_mixed_precision(cfg.mixed_precision),
-        log_with="wandb" if wandb_mode != "disabled" else None,
+        log_with=tracker_list(cfg.log.with_, wandb_mode),  # TensorBoard's directory is set once run.dir is known
         kwargs_handlers=[
             # G and D are separate DDP modules and every parameter is used in its phase.
             DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True),
@@ -88,7 +89,7 @@ class Trainer:
             raise
 
     def _set_up(self, cfg: Config) -> None:
-        self.wandb_mode = resolve_mode(cfg.wandb.mode)
+        self.wandb_mode = resolve_mode(cfg.wandb.mode) if "wandb" in cfg.log.with_ else "disabled"
         self.acc = acc = make_accelerator(cfg, self.wandb_mode)
         self.precision = Precision(cfg.mixed_precision, acc.device)
         cfg.run.dir = str(resolve_run_path(cfg, acc))
@@ -109,11 +110,13 @@ class Trainer:
         self.classifier, self.classifier_sha256 = self._eval_classifier()
         self.config_yaml = dump_config(cfg)
         self.step_seconds = 0.0
-        # Only now, with the data and the classifier checked, does a W&B run start.
+        # Only now, with the data and the classifier checked, do metrics.jsonl (rows past the resume step
+        # dropped), TensorBoard and a W&B run start.
+        self.metrics = MetricsFile(self.run_dir.path, resume_step=self.state.step, enabled=acc.is_main_process)
         self.wandb_mode = start_tracking(acc, mode=self.wandb_mode, project=cfg.wandb.project,
                                          entity=cfg.wandb.entity, name=cfg.wandb.name, run_dir=self.run_dir.path,
-                                         config=cfg.to_dict(), watcher=self.watcher)
-        if self.classifier is not None and acc.trackers:  # scores from other classifiers don't compare
+                                         config=cfg.to_dict(), watcher=self.watcher, resume_step=self.state.step)
+        if self.classifier is not None and self.wandb_mode != "disabled":  # other classifiers' scores don't compare
             acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = self.classifier_sha256
 
     def _eval_classifier(self) -> tuple[Path | None, str | None]:
@@ -222,6 +225,7 @@ class Trainer:
         if self.precision.mode == "fp16":
             values.update({"loss_scale/d": self.precision.scale("d"), "loss_scale/g": self.precision.scale("g")})
         self.acc.log(values, step=self.state.step)
+        self.metrics.write(self.state.step, values)
         bar.set_postfix(d=f"{values['loss/d']:.3f}", g=f"{values['loss/g']:.3f}",
                         img_s=f"{values['perf/images_per_s']:.0f}")
 
@@ -232,8 +236,7 @@ class Trainer:
         images = generate_images(self.nets.ema.module, self.grid_noise).numpy()
         grid = grid_image(images, nrow=self.cfg.log.grid_size)
         save_png(self.run_dir.path / "samples" / f"step_{self.state.step:07d}.png", grid)
-        if self.acc.trackers:
-            self.acc.log({"samples": wandb_image(grid, f"EMA G, step {self.state.step}")}, step=self.state.step)
+        log_image(self.acc, "samples", grid, step=self.state.step, caption=f"EMA G, step {self.state.step}")
 
     def _evaluate(self) -> None:
         """Collective: score EMA G, log under eval/, and keep the best checkpoint by FID."""
@@ -242,7 +245,9 @@ class Trainer:
         cfg = self.cfg
         scores = evaluate_generator(self.acc, self.nets.ema.module, n=cfg.eval.n, seed=cfg.seed + 2,
                                     classifier_path=self.classifier, test_split=Path(cfg.data.dir) / "test")
-        self.acc.log({f"eval/{k}": float(v) for k, v in scores.items()}, step=self.state.step)
+        values = {f"eval/{k}": float(v) for k, v in scores.items()}
+        self.acc.log(values, step=self.state.step)
+        self.metrics.write(self.state.step, values)
         fid = scores["fid"]  # the same on every rank, so all ranks agree on saving `best`
         if self.state.best_fid is None or fid < self.state.best_fid:
             self.state.best_fid = fid
@@ -257,6 +262,7 @@ class Trainer:
             raise DivergedError(f"non-finite G/D weights at step {self.state.step}; not saving a checkpoint "
                                 f"(last good: {last or 'none'})")
         check_consistency(self.acc, modules)
+        self.metrics.sync()  # the rows up to this step are on disk before the checkpoint a resume starts from
         save_checkpoint(self.acc, self.run_dir.path, state=self.state, ema=self.nets.ema, precision=self.precision,
                         config_yaml=self.config_yaml, keep=self.cfg.checkpoint.keep, name=name)
 
