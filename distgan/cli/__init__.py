@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("distgan.cli.train_classifier", "train the MNIST feature classifier"),
     "eval": ("distgan.cli.eval", "score a checkpoint or a samples file (FID, KID, IS, ...)"),
     "bench": ("distgan.cli.bench", "benchmarks: `bench data`, `bench train`"),
+    "plot": ("distgan.cli.plot", "plot runs' losses, D outputs, images/s and eval scores from metrics.jsonl"),
 }
 
 
