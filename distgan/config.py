@@ -82,6 +82,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     dir: Text = "data/mnist"  # output of `distgan prepare` (holds train/, test/, manifest.json)
     num_workers: StrictInt = Field(2, ge=0, le=64)  # loader processes per rank
+    # where the shards of a URL data.dir (http(s)://, file://, s3://, gs://, pipe:) are downloaded to;
+    # null: ~/.cache/distgan/<manifest sha256>. Unused for a local data.dir.
+    cache_dir: Text | None = None
 
 
 class ModelConfig(Section):
@@ -372,6 +375,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "wandb.*",  # where the metrics go
     "data.dir",  # the same shards may live at another path on another cluster or node
     "data.num_workers",  # the global sample order does not depend on the worker count
+    "data.cache_dir",  # where remote shards are cached: the same verified bytes wherever they are
     "run.dir",  # the run may have been moved, or resumed from elsewhere with resume=<path>
     "resume",  # how to find the checkpoint
     "name",  # a label (the config file's stem)

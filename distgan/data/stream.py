@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 import torch
 
-from distgan.config import DataConfig
 from distgan.data.loader import build_loader
 from distgan.errors import UserError
 from distgan.pixels import to_signed
@@ -25,19 +24,20 @@ class DataPosition(Protocol):
 class BatchStream:
     """Yields float images in [-1, 1] on the accelerator's device; advances `position.epoch/start_sample`."""
 
-    def __init__(self, data: DataConfig, *, batch_size: int, seed: int, accelerator: Any,
+    def __init__(self, train_split: Path, *, num_workers: int, batch_size: int, seed: int, accelerator: Any,
                  position: DataPosition) -> None:
-        self.split = Path(data.dir) / "train"
-        if not self.split.is_dir():
-            raise UserError(f"data.dir {data.dir}: no train/ split there; run "
-                            f"`distgan prepare --out {data.dir}` first (or fix data.dir)")
-        self.data, self.batch_size, self.seed, self.acc, self.position = data, batch_size, seed, accelerator, position
+        self.split = train_split
+        if not (train_split.parent / "manifest.json").is_file():
+            raise UserError(f"data.dir {train_split.parent}: no manifest.json there; run "
+                            f"`distgan prepare --out {train_split.parent}` first (or fix data.dir)")
+        self.num_workers, self.batch_size, self.seed, self.acc = num_workers, batch_size, seed, accelerator
+        self.position = position
         self.global_batch = batch_size * accelerator.num_processes
         self._batches: Iterator[dict[str, Any]] | None = None
 
     def _open(self) -> Iterator[dict[str, Any]]:
         loader = build_loader(self.split, batch_size=self.batch_size, rank=self.acc.process_index,
-                              world_size=self.acc.num_processes, num_workers=self.data.num_workers,
+                              world_size=self.acc.num_processes, num_workers=self.num_workers,
                               seed=self.seed, epoch=self.position.epoch, start_sample=self.position.start_sample)
         return iter(loader)
 

@@ -11,7 +11,7 @@ from accelerate.utils import set_seed
 
 from distgan.config import Config, TrainConfig
 from distgan.training.ema import EMA
-from distgan.training.models import build_discriminator, build_generator
+from distgan.training.models import MNIST_SHAPE, build_discriminator, build_generator
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ class Networks:
 def build_networks(cfg: Config, accelerator: Any) -> Networks:
     """Fresh G and D (identical on every rank), Adam for each, the EMA of G; all on the accelerator's device."""
     set_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    shape = cfg.model.image_shape or MNIST_SHAPE
+    g, d = build_generator(cfg.model, shape), build_discriminator(cfg.model, shape)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
     if cfg.model.sync_batchnorm and accelerator.num_processes > 1 and has_bn:
         if accelerator.device.type == "cuda":

@@ -20,8 +20,11 @@ from tqdm.auto import tqdm
 
 from distgan.collectives import check_consistency, needs_cpu_flag, parameters_finite
 from distgan.config import Config, dump_config
+from distgan.data.info import DatasetInfo, dataset_info
+from distgan.data.remote import is_remote, open_dataset
 from distgan.data.stream import BatchStream
 from distgan.errors import UserError
+from distgan.training.artifacts import ModelArtifacts
 from distgan.training.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.training.gan_step import GANStep
 from distgan.training.metrics_file import MetricsFile
@@ -60,6 +63,16 @@ def train(cfg: Config) -> TrainResult:
         trainer.close()
 
 
+def image_shape_for(cfg: Config, info: DatasetInfo) -> list[int]:
+    """The (C, H, W) the networks are built for: the data's; a `model.image_shape` set in the config must agree."""
+    shape = list(info.image_shape)
+    if cfg.model.image_shape is not None and list(cfg.model.image_shape) != shape:
+        raise UserError(f"model.image_shape {list(cfg.model.image_shape)} differs from the data in {cfg.data.dir} "
+                        f"({shape}); remove model.image_shape (it is taken from the data) or prepare the data "
+                        f"with --resolution/--channels")
+    return shape
+
+
 def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
     """An Accelerator for this config: its trackers (log.with), DDP options and a process-group timeout."""
     return Accelerator(
@@ -92,6 +105,8 @@ class Trainer:
         self.wandb_mode = resolve_mode(cfg.wandb.mode) if "wandb" in cfg.log.with_ else "disabled"
         self.acc = acc = make_accelerator(cfg, self.wandb_mode)
         self.precision = Precision(cfg.mixed_precision, acc.device)
+        self.data_dir = open_dataset(cfg.data.dir, cfg.data.cache_dir)  # a URL's manifest is fetched here
+        cfg.model.image_shape = image_shape_for(cfg, dataset_info(self.data_dir))
         cfg.run.dir = str(resolve_run_path(cfg, acc))
         self.run_dir = RunDir(Path(cfg.run.dir), acc)
         resume_from = self.run_dir.resume_point(cfg)
@@ -102,8 +117,8 @@ class Trainer:
             self.state = load_checkpoint(acc, resume_from, ema=self.nets.ema, precision=self.precision)
             apply_hyperparameters(self.nets, cfg.train)  # the config's lr wins over the saved one
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
-        self.stream = BatchStream(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.seed, accelerator=acc,
-                                  position=self.state)
+        self.stream = BatchStream(self.data_dir / "train", num_workers=cfg.data.num_workers,
+                                  batch_size=cfg.train.batch_size, seed=cfg.seed, accelerator=acc, position=self.state)
         self.step_fn = GANStep(acc, self.nets, self.precision, cfg.loss, z_dim=cfg.model.z_dim, seed=cfg.seed)
         self.scalars = ScalarLog(acc.device)
         self.grid_noise = fixed_noise(cfg.log.grid_size**2, cfg.model.z_dim, cfg.seed + 1)
@@ -118,6 +133,8 @@ class Trainer:
                                          config=cfg.to_dict(), watcher=self.watcher, resume_step=self.state.step)
         if self.classifier is not None and self.wandb_mode != "disabled":  # other classifiers' scores don't compare
             acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = self.classifier_sha256
+        # G as W&B model artifacts (`latest`, `best`) and the classifier they were scored with (main process)
+        self.artifacts = ModelArtifacts.start(acc, cfg, self.run_dir.path, self.classifier, self.classifier_sha256)
 
     def _eval_classifier(self) -> tuple[Path | None, str | None]:
         """The feature classifier for in-training evaluation and its sha256, checked before anything starts."""
@@ -125,7 +142,10 @@ class Trainer:
             return None, None
         from distgan.evaluation.evaluate import classifier_sha256
 
-        path = Path(self.cfg.eval.classifier or Path(self.cfg.data.dir) / "classifier.pt")
+        if self.cfg.eval.classifier is None and is_remote(self.data_dir):
+            raise UserError(f"eval.every={self.cfg.eval.every} with a remote data.dir needs a local classifier: "
+                            f"set eval.classifier=PATH (made by `distgan train-classifier`) or eval.every=0")
+        path = Path(self.cfg.eval.classifier or self.data_dir / "classifier.pt")
         if not path.is_file():
             raise UserError(f"eval.every={self.cfg.eval.every} but there is no classifier at {path}; run "
                             f"`distgan train-classifier --shards {self.cfg.data.dir}` or set eval.every=0")
@@ -244,16 +264,16 @@ class Trainer:
 
         cfg = self.cfg
         scores = evaluate_generator(self.acc, self.nets.ema.module, n=cfg.eval.n, seed=cfg.seed + 2,
-                                    classifier_path=self.classifier, test_split=Path(cfg.data.dir) / "test")
+                                    classifier_path=self.classifier, test_split=self.data_dir / "test")
         values = {f"eval/{k}": float(v) for k, v in scores.items()}
         self.acc.log(values, step=self.state.step)
         self.metrics.write(self.state.step, values)
         fid = scores["fid"]  # the same on every rank, so all ranks agree on saving `best`
         if self.state.best_fid is None or fid < self.state.best_fid:
             self.state.best_fid = fid
-            self._checkpoint(name=BEST)
+            self._checkpoint(name=BEST, scores=scores)
 
-    def _checkpoint(self, name: str | None = None) -> None:
+    def _checkpoint(self, name: str | None = None, scores: dict[str, float] | None = None) -> None:
         """Collective: refuse to save non-finite weights, check all ranks agree, then save."""
         self._check_divergence()
         modules = self.nets.modules
@@ -263,8 +283,12 @@ class Trainer:
                                 f"(last good: {last or 'none'})")
         check_consistency(self.acc, modules)
         self.metrics.sync()  # the rows up to this step are on disk before the checkpoint a resume starts from
-        save_checkpoint(self.acc, self.run_dir.path, state=self.state, ema=self.nets.ema, precision=self.precision,
-                        config_yaml=self.config_yaml, keep=self.cfg.checkpoint.keep, name=name)
+        path = save_checkpoint(self.acc, self.run_dir.path, state=self.state, ema=self.nets.ema,
+                               precision=self.precision, config_yaml=self.config_yaml, keep=self.cfg.checkpoint.keep,
+                               name=name)
+        if self.artifacts is not None:
+            self.artifacts.log_generator(self.nets.ema.module, step=self.state.step, best=name == BEST, scores=scores,
+                                         checkpoint=path)
 
 
 __all__ = ["DivergedError", "TrainResult", "Trainer", "make_accelerator", "train"]
