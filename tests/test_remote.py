@@ -20,7 +20,6 @@ import pytest
 import torch
 from conftest import REPO, accelerate_launch, child_env
 
-from distgan.config import DataConfig
 from distgan.data import build_loader, load_split, samples_per_epoch
 from distgan.data.prepare import prepare
 from distgan.data.remote import REMOTE, FetchPolicy, default_cache_dir, ensure_shard, open_dataset
@@ -413,7 +412,6 @@ def test_two_processes_share_one_download_per_shard(serve, shards7, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif("cache_dir" not in DataConfig.model_fields, reason="data.cache_dir is not wired yet")
 def test_two_process_train_from_url(serve, mnist_shards, tmp_path):
     """`distgan train` with data.dir=<URL>: the same weights as from the local prepare output; the train shards
     are fetched once each (after one corrupt copy each), the test split not at all."""

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from distgan.data.remote import is_url, local_split, open_dataset
 from distgan.errors import UserError
 
 
@@ -16,11 +16,16 @@ def _ints(text: str, option: str) -> list[int]:
         raise UserError(f"{option} {text!r}: expected comma-separated integers such as 0,2") from None
 
 
+def _is_split_url(shards: str) -> bool:
+    """A URL that names a split (http://host/mnist/train) rather than a prepare output."""
+    return is_url(shards) and shards.rstrip("/").rpartition("/")[2] in ("train", "test")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One sub-parser per benchmark."""
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
     p = sub.add_parser("data", help="loader images/s against in-memory slicing")
-    p.add_argument("--shards", required=True, type=Path,
+    p.add_argument("--shards", required=True,
                    help="`distgan prepare` output dir (uses --split) or a split dir such as DIR/train")
     p.add_argument("--split", default="train", help="split to read when --shards is the prepare output")
     p.add_argument("--batch-size", type=int, default=256)
@@ -40,12 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if args.bench == "data":
         from distgan.bench.data import bench_data
 
-        bench_data(args.shards, split=args.split, batch_size=args.batch_size,
+        shards = local_split(args.shards) if _is_split_url(args.shards) else open_dataset(args.shards)
+        bench_data(shards, split=args.split, batch_size=args.batch_size,
                    workers=_ints(args.workers, "--workers"), min_seconds=args.min_seconds,
                    encodings=not args.no_encodings)
     else:
         from distgan.bench.train import bench_train
 
-        bench_train(Path(args.shards), batch_sizes=_ints(args.batch_sizes, "--batch-sizes"), steps=args.steps,
+        bench_train(open_dataset(args.shards), batch_sizes=_ints(args.batch_sizes, "--batch-sizes"), steps=args.steps,
                     repeats=args.repeats)
     return 0

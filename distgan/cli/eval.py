@@ -33,10 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from distgan.collectives import needs_cpu_flag
+    from distgan.data.remote import open_dataset
     from distgan.evaluation.report import format_table, score
 
     accelerator = Accelerator(cpu=needs_cpu_flag())
-    result = score(accelerator, checkpoint=args.checkpoint, samples=args.samples, n=args.n, shards=args.shards,
+    shards = open_dataset(args.shards) if args.shards else None  # a URL is fetched into its cache
+    result = score(accelerator, checkpoint=args.checkpoint, samples=args.samples, n=args.n, shards=shards,
                    classifier=args.classifier, seed=args.seed, batch_size=args.batch_size)
     if not accelerator.is_main_process:
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from distgan.data.remote import open_dataset
 from distgan.evaluation.classifier import MNIST_SHAPE, make_classifier_file
 from distgan.evaluation.report import is_label
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    r = make_classifier_file(args.shards, out=args.out, epochs=args.epochs, seed=args.seed,
+    r = make_classifier_file(open_dataset(args.shards), out=args.out, epochs=args.epochs, seed=args.seed,
                              batch_size=args.batch_size, log=lambda s: print(s, flush=True))
     ref = r["reference"]
     names = r["class_names"] or []
