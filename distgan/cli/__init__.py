@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("distgan.cli.eval", "score a checkpoint or a samples file (FID, KID, IS, ...)"),
     "bench": ("distgan.cli.bench", "benchmarks: `bench data`, `bench train`"),
     "plot": ("distgan.cli.plot", "plot runs' losses, D outputs, images/s and eval scores from metrics.jsonl"),
+    "sweep": ("distgan.cli.sweep", "sweeps: `sweep overrides` for one trial, `sweep list`, `sweep summary`"),
 }
 
 

@@ -1,0 +1,353 @@
+"""Sweeps without a server: a base config and a grid (or a list) of overrides, one trial per SLURM array task.
+
+A sweep file (`configs/sweeps/*.yaml`):
+
+    name: debug_lr               # optional; default: the file's stem. Runs go to ROOT/<name>/
+    base: configs/debug.yaml     # the training config every trial starts from (relative to the repo root)
+    overrides: [train.steps=50]  # optional: applied to every trial, before the trial's own
+    grid:                        # every combination, in key order, the last key changing fastest
+      train.lr_g: [0.0001, 0.0002]
+      loss.kind: [bce, hinge]
+    # or, instead of `grid`, an explicit list of trials:
+    # trials:
+    #   - {train.lr_g: 0.0001}
+    #   - {train.lr_g: 0.0002, loss.kind: hinge}
+
+Trial I trains in `ROOT/<name>/<I>-<slug>` (ROOT: `--root`, else $DISTGAN_RUN_ROOT, else `runs`), the slug
+naming its values (`1-lr_g=0.0002-kind=hinge`): the same directory for the same sweep file and index, so a
+requeued (or resubmitted) array task resumes its own run. `distgan sweep overrides` also writes
+`ROOT/<name>/sweep.json` (every trial's index, overrides and directory), which `distgan sweep summary` reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distgan.atomic import write_text_atomic
+from distgan.config import load_config
+from distgan.errors import UserError
+
+MAX_TRIALS = 100_000
+MANIFEST = "sweep.json"
+SUMMARY_CSV = "summary.csv"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file: its name, base config, overrides for every trial, and the trials' own."""
+
+    path: Path
+    name: str
+    base: Path
+    fixed: list[str]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def trial(self, index: int) -> dict[str, Any]:
+        """Trial `index`'s own values (key -> value); UserError naming the valid range when out of it."""
+        if not 0 <= index < len(self.trials):
+            raise UserError(f"--index {index} is out of range: {self.path} has {len(self.trials)} trial(s), "
+                            f"indices 0 to {len(self.trials) - 1} (sbatch --array=0-{len(self.trials) - 1})")
+        return self.trials[index]
+
+    def trial_overrides(self, index: int) -> list[str]:
+        """The `key=value` overrides of trial `index` (the fixed ones first), without run.dir."""
+        return [*self.fixed, *(f"{k}={render(v)}" for k, v in self.trial(index).items())]
+
+    def trial_dir(self, index: int, root: str | Path) -> Path:
+        """ROOT/<name>/<index>-<slug>: stable for the same file and index."""
+        width = len(str(max(len(self.trials) - 1, 0)))
+        slug = trial_slug(self.trial(index))
+        return Path(root) / self.name / (f"{index:0{width}d}-{slug}" if slug else f"{index:0{width}d}")
+
+    def train_args(self, index: int, root: str | Path) -> list[str]:
+        """Trial `index`'s overrides plus its run.dir, checked against the base config (one-line errors)."""
+        args = [*self.trial_overrides(index), f"run.dir={self.trial_dir(index, root)}"]
+        try:
+            load_config(self.base, args)
+        except UserError as e:
+            raise UserError(f"{self.path}, trial {index}: {e}") from None
+        return args
+
+    def manifest(self, root: str | Path) -> dict[str, Any]:
+        """What `sweep.json` holds: the sweep and, per trial, its index, values, overrides and run directory."""
+        return {"format": "distgan-sweep/1", "name": self.name, "sweep_file": str(self.path),
+                "base": str(self.base), "overrides": self.fixed,
+                "trials": [{"index": i, "values": t, "overrides": self.trial_overrides(i),
+                            "run_dir": self.trial_dir(i, root).name} for i, t in enumerate(self.trials)]}
+
+
+def render(value: Any) -> str:
+    """A value as the YAML text of a `key=value` override that reads back as the same value."""
+    text = _dump(value)
+    if isinstance(value, str) and value:
+        try:
+            if yaml.safe_load(value) == value:
+                text = value  # plain: hinge, 1e-4 (a string to YAML 1.1, a number to the config)
+        except yaml.YAMLError:
+            pass
+    if "\n" in text or yaml.safe_load(text) != value:
+        raise UserError(f"sweep value {value!r} cannot be written as one override; use a plain number, "
+                        "string, boolean or list")
+    return text
+
+
+def _dump(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def trial_slug(values: dict[str, Any], limit: int = 80) -> str:
+    """`lr_g=0.0002-kind=hinge`: each key's last part and its value, in characters safe in a path."""
+    parts = []
+    for key, value in values.items():
+        text = re.sub(r"[^A-Za-z0-9._,+-]+", "", render(value).replace(", ", ","))
+        parts.append(f"{key.split('.')[-1]}={text}")
+    return "-".join(parts)[:limit].rstrip("-=")
+
+
+def _check_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise UserError(f"{where}: {key!r} is not a dotted config key such as train.lr_g")
+    if key == "run.dir":
+        raise UserError(f"{where}: run.dir is set by the sweep (ROOT/<name>/<index>-<values>); remove it")
+    return key
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and check a sweep file (one-line UserError naming the file and the problem)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"sweep file {path} not found (see configs/sweeps/)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read sweep file {path}: {getattr(e, 'strerror', None) or e}") from None
+    except yaml.YAMLError:
+        raise UserError(f"sweep file {path} is not valid YAML") from None
+    if not isinstance(data, dict):
+        raise UserError(f"sweep file {path}: the top level must be a mapping (name, base, overrides, grid or trials)")
+    unknown = sorted(set(data) - {"name", "base", "overrides", "grid", "trials"})
+    if unknown:
+        raise UserError(f"sweep file {path}: unknown key {unknown[0]!r} (known: name, base, overrides, grid, trials)")
+    name = data.get("name", re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-") or "sweep")
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 100:
+        raise UserError(f"sweep file {path}: name {name!r} must be letters, digits, '.', '_' or '-'")
+    base = data.get("base")
+    if not isinstance(base, str) or not base:
+        raise UserError(f"sweep file {path}: `base` must name the training config, e.g. base: configs/debug.yaml")
+    if not Path(base).is_file():
+        raise UserError(f"sweep file {path}: base config {base} not found (paths are relative to the repo root, "
+                        f"where you run distgan and sbatch)")
+    fixed = data.get("overrides") or []
+    if not isinstance(fixed, list) or not all(isinstance(o, str) and "=" in o for o in fixed):
+        raise UserError(f"sweep file {path}: `overrides` must be a list of key=value strings")
+    for o in fixed:
+        _check_key(o.split("=", 1)[0], f"sweep file {path}, overrides")
+    grid, trials = data.get("grid"), data.get("trials")
+    if (grid is None) == (trials is None):
+        raise UserError(f"sweep file {path}: give exactly one of `grid` (key: [values]) or `trials` (a list)")
+    if grid is not None:
+        if not isinstance(grid, dict) or not grid:
+            raise UserError(f"sweep file {path}: `grid` must map config keys to lists of values")
+        for key, values in grid.items():
+            _check_key(key, f"sweep file {path}, grid")
+            if not isinstance(values, list) or not values:
+                raise UserError(f"sweep file {path}: grid key {key} needs a non-empty list of values")
+        count = math.prod(len(v) for v in grid.values())
+        if count > MAX_TRIALS:
+            raise UserError(f"sweep file {path}: the grid has {count} trials, more than {MAX_TRIALS}")
+        keys = list(grid)
+        trials = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    else:
+        if not isinstance(trials, list) or not trials or not all(isinstance(t, dict) for t in trials):
+            raise UserError(f"sweep file {path}: `trials` must be a non-empty list of mappings (key: value)")
+        if len(trials) > MAX_TRIALS:
+            raise UserError(f"sweep file {path}: {len(trials)} trials, more than {MAX_TRIALS}")
+        for i, trial in enumerate(trials):
+            for key in trial:
+                _check_key(key, f"sweep file {path}, trial {i}")
+    for trial in trials:
+        for value in trial.values():
+            render(value)
+    return Sweep(path=path, name=name, base=Path(base), fixed=list(fixed), trials=trials)
+
+
+def default_root() -> str:
+    """Where sweeps put their runs: $DISTGAN_RUN_ROOT, else `runs` (as train.sbatch)."""
+    return os.environ.get("DISTGAN_RUN_ROOT") or "runs"
+
+
+def write_manifest(sweep: Sweep, root: str | Path) -> Path:
+    """ROOT/<name>/sweep.json, atomically; left alone when it already says the same (every task writes it)."""
+    path = Path(root) / sweep.name / MANIFEST
+    text = json.dumps(sweep.manifest(root), indent=2, sort_keys=True) + "\n"
+    try:
+        if path.read_text() == text:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text_atomic(path, text)
+    return path
+
+
+# -- summary ----------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """RUN_DIR/metrics.jsonl rows (absent file: none; unreadable or torn lines skipped)."""
+    try:
+        text = (run_dir / "metrics.jsonl").read_text(errors="replace")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _locked(run_dir: Path) -> bool:
+    """True while a process holds the run directory's lock (a run is training in it now)."""
+    import fcntl
+
+    try:
+        fd = os.open(run_dir / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def trial_row(run_dir: Path, trial: dict[str, Any] | None) -> dict[str, Any]:
+    """One trial's summary: index, overrides, steps done and planned, status, best FID and the other scores
+    logged with it (from metrics.jsonl when present), from the run's files only."""
+    from distgan.training.checkpoint import STATE_FILE, complete_checkpoints
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+    target = (cfg or {}).get("train", {}).get("steps") if isinstance(cfg, dict) else None
+    step, best_fid = 0, None
+    ckpts = complete_checkpoints(run_dir, warn=False)
+    if ckpts:
+        state = (_read_json(ckpts[-1][1] / STATE_FILE) or {}).get("state", {})
+        step, best_fid = int(state.get("step") or 0), state.get("best_fid")
+    scores: dict[str, Any] = {}
+    best_step = None
+    evals = [r for r in _metric_rows(run_dir) if isinstance(r.get("eval/fid"), int | float)]
+    if evals:
+        best = min(evals, key=lambda r: (r["eval/fid"], r["step"]))
+        best_fid, best_step = best["eval/fid"], best["step"]
+        scores = {k[5:]: v for k, v in best.items() if k.startswith("eval/") and k != "eval/fid"}
+    if _locked(run_dir):
+        status = "running"
+    elif not ckpts:
+        status = "not started" if not (run_dir / "config.yaml").exists() else "no checkpoint"
+    elif target is not None and step >= int(target):
+        status = "finished"
+    else:
+        status = "stopped"
+    if trial is None:  # a run directory that sweep.json does not list: its index from its name
+        m = re.match(r"^(\d+)", run_dir.name)
+        trial = {"index": int(m.group(1)) if m else None, "values": {}}
+    own = " ".join(f"{k}={render(v)}" for k, v in (trial.get("values") or {}).items())  # what differs per trial
+    return {"index": trial.get("index"), "trial": run_dir.name, "status": status, "step": step, "steps": target,
+            "best_fid": best_fid, "best_step": best_step, "scores": scores, "overrides": own,
+            "run_dir": str(run_dir)}
+
+
+def summarize(root: str | Path) -> list[dict[str, Any]]:
+    """A row per trial of the sweep whose runs are under `root` (ROOT/<name>), best FID first (none last).
+
+    Trials listed in ROOT/sweep.json that have no directory yet are listed as `not started`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory; pass the sweep's run root, e.g. runs/<sweep name>")
+    manifest = _read_json(root / MANIFEST)
+    trials = {t["run_dir"]: t for t in manifest.get("trials", [])} if isinstance(manifest, dict) else {}
+    dirs = {p.name: p for p in root.iterdir() if p.is_dir() and ((p / "config.yaml").exists() or
+                                                                  (p / "checkpoints").is_dir())}
+    names = sorted(set(dirs) | set(trials))
+    if not names:
+        raise UserError(f"{root} holds no sweep trials (no {MANIFEST} and no run directories)")
+    rows = [trial_row(dirs.get(n, root / n), trials.get(n)) for n in names]
+
+    def order(row: dict[str, Any]) -> tuple:
+        fid = row["best_fid"]
+        return (fid is None or not math.isfinite(fid), fid if fid is not None else 0.0,
+                row["index"] if row["index"] is not None else math.inf, row["trial"])
+
+    return sorted(rows, key=order)
+
+
+def _score_keys(rows: list[dict[str, Any]]) -> list[str]:
+    preferred = ["kid", "is", "precision", "recall", "classes", "class_kl"]
+    found = {k for r in rows for k in r["scores"]}
+    return [k for k in preferred if k in found] + sorted(found - set(preferred))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def summary_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and string cells: index, trial, status, step, steps, best_fid, best_step, scores, overrides."""
+    keys = _score_keys(rows)
+    header = ["index", "trial", "status", "step", "steps", "best_fid", "best_step", *keys, "overrides"]
+    cells = [[_cell(r["index"]), r["trial"], r["status"], _cell(r["step"]), _cell(r["steps"]), _cell(r["best_fid"]),
+              _cell(r["best_step"]), *(_cell(r["scores"].get(k)) for k in keys), r["overrides"]] for r in rows]
+    return header, cells
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """The summary as an aligned text table."""
+    header, cells = summary_table(rows)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The summary as CSV (same columns as the table, plus run_dir), written atomically."""
+    header, cells = summary_table(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*header, "run_dir"])
+    for row, r in zip(cells, rows, strict=True):
+        writer.writerow([*row, r["run_dir"]])
+    write_text_atomic(path, buf.getvalue())
+
+
+__all__ = ["Sweep", "default_root", "format_summary", "load_sweep", "render", "summarize", "trial_slug",
+           "write_manifest", "write_summary_csv"]
