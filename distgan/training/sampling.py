@@ -19,9 +19,14 @@ from distgan.training.tracking import grid_image, save_png
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
-    """The EMA generator (eval mode) and config of a checkpoint directory or a run directory's latest."""
+    """The EMA generator (eval mode) and config of a checkpoint directory, a run directory's latest, or a
+    folder written by `distgan export` (distgan.training.export)."""
     import yaml
 
+    from distgan.training.export import is_export_dir, load_exported
+
+    if is_export_dir(path):
+        return load_exported(path, device)
     ckpt = resolve_checkpoint(path)
     cfg = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
     cfg.model.image_shape = cfg.model.image_shape or list(MNIST_SHAPE)  # saved before shapes were recorded

@@ -1,0 +1,393 @@
+"""Exported generators: a self-contained folder with the EMA G of a checkpoint, loadable without the run.
+
+Layout of an export folder (`distgan export --checkpoint RUN_OR_CKPT --out DIR`):
+- `model.safetensors`: the EMA generator's state_dict;
+- `config.json`: `{"format": "distgan-generator/1", "arch", "z_dim", "image_shape": [C, H, W],
+  "num_classes" (conditional generators only), "model": {the model config}, "step", "weights_sha256",
+  "scores", "classifier_sha256", "data_manifest_sha256", "source", "onnx"}`;
+- `training_config.yaml`: the resolved config the run was trained with;
+- `samples.png`: an 8x8 grid of samples (noise seed 0);
+- `README.md`: a model card (front matter for the Hugging Face Hub, samples, scores, hashes, config);
+- `generator.onnx` (with `--onnx`): input `z` (B, z_dim) float32, output `images` (B, C, H, W) in [-1, 1].
+
+The folder is written under a temporary name beside DIR and renamed into place, so DIR is either the
+complete previous export or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from distgan.atomic import fsync_path, write_file_durably
+from distgan.config import Config, config_from_dict, dump_config
+from distgan.errors import UserError
+from distgan.hashing import file_sha256
+
+FORMAT = "distgan-generator/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_JSON = "config.json"
+TRAINING_CONFIG = "training_config.yaml"
+SAMPLES_PNG = "samples.png"
+CARD = "README.md"
+ONNX_FILE = "generator.onnx"
+MNIST_SHAPE = (1, 28, 28)
+EXPORT_EXTRA_HINT = 'pip install "distgan[export]"'
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """True when `path` is a folder written by `export_generator` (it has config.json of our format)."""
+    path = Path(path)
+    try:
+        return json.loads((path / CONFIG_JSON).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_export_config(path: str | Path) -> dict[str, Any]:
+    """The `config.json` of an export folder; UserError (one line) when it is missing or not ours."""
+    file = Path(path) / CONFIG_JSON
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is not an exported generator (no {CONFIG_JSON})") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{file} is not a distgan export (format {FORMAT!r} expected)")
+    return meta
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
+    """The generator (eval mode) and config of an export folder; weights checked against config.json."""
+    from safetensors.torch import load_file
+
+    from distgan.training.models import build_generator
+
+    path = Path(path)
+    meta = read_export_config(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing; export the checkpoint again")
+    if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
+        raise UserError(f"{weights} is corrupt (its sha256 differs from {CONFIG_JSON}); export it again")
+    try:
+        data = yaml.safe_load((path / TRAINING_CONFIG).read_text()) if (path / TRAINING_CONFIG).is_file() \
+            else {"model": meta["model"]}
+        cfg = config_from_dict(data, source=str(path))
+        shape = [int(v) for v in meta["image_shape"]]
+        if hasattr(cfg.model, "image_shape"):
+            cfg.model.image_shape = shape
+        g = build_generator(cfg.model, tuple(shape))
+        g.load_state_dict(load_file(str(weights)))
+    except (KeyError, TypeError, ValueError, RuntimeError, yaml.YAMLError) as e:
+        raise UserError(f"cannot load the exported generator {path}: {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]}") from None
+    return g.to(device).eval(), cfg
+
+
+# -- what goes into an export --------------------------------------------------------------------------------
+
+
+def generator_image_shape(generator: torch.nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of a generator's images: its `image_shape` attribute, else MNIST's."""
+    shape = getattr(generator, "image_shape", None)
+    return tuple(int(v) for v in shape) if shape is not None else MNIST_SHAPE
+
+
+def sample_grid(generator: torch.nn.Module, n: int = 64, seed: int = 0, pad: int = 2) -> Image.Image:
+    """A square-ish grid of `n` samples of `generator` (noise from `seed`), grayscale or RGB."""
+    from distgan.training.sampling import fixed_noise
+
+    with torch.no_grad():
+        x = generator(fixed_noise(n, int(generator.z_dim), seed)).float().clamp(-1, 1)
+    images = ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # N, H, W, C
+    _, h, w, c = images.shape
+    nrow = math.ceil(math.sqrt(n))
+    rows = -(-n // nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
+    return Image.fromarray(grid[..., 0], mode="L") if c == 1 else Image.fromarray(grid, mode="RGB")
+
+
+def manifest_sha256(data_dir: str | Path) -> str | None:
+    """sha256 of the data's `manifest.json` (which lists every shard's sha256), or None if it is not here."""
+    path = Path(data_dir) / "manifest.json"
+    return file_sha256(path) if path.is_file() else None
+
+
+def metrics_at(run_dir: Path, step: int) -> dict[str, float]:
+    """The `eval/*` scores logged at `step` in RUN_DIR/metrics.jsonl (without the prefix); {} if none."""
+    path = run_dir / "metrics.jsonl"
+    found: dict[str, float] = {}
+    if not path.is_file():
+        return found
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if isinstance(row, dict) and row.get("step") == step:
+            found.update({k[5:]: v for k, v in row.items() if k.startswith("eval/") and isinstance(v, int | float)})
+    return found
+
+
+def export_onnx(generator: torch.nn.Module, path: Path) -> None:
+    """Write `generator` as ONNX (input `z` with a dynamic batch, output `images`) to `path`, one file."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"--onnx needs the export extra ({e.name} is not installed): {EXPORT_EXTRA_HINT}") from None
+    g = generator.cpu().eval()
+    z = torch.randn(2, int(g.z_dim))
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # The exporter prints its progress, warns about torch internals and logs "torchvision is not installed.
+    # Skipping torchvision::nms": keep the CLI's output to its own lines.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(g, (z,), str(path), input_names=["z"], output_names=["images"], dynamo=True,
+                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; one line names it
+        raise UserError(f"ONNX export of the generator failed: {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _scores_table(scores: dict[str, Any]) -> str:
+    rows = [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(scores.items())]
+    return "| score | value |\n| --- | ---: |\n" + "\n".join(rows)
+
+
+def model_card(meta: dict[str, Any], config_yaml: str) -> str:
+    """The README.md of an export folder: Hub front matter, samples, usage, scores with hashes, config."""
+    c, h, w = meta["image_shape"]
+    scores = meta.get("scores") or {}
+    lines = [
+        "---", "library_name: pytorch", "tags:", "- gan", "- distgan", "- image-generation", "---", "",
+        f"# distgan {meta['arch']} generator ({c}x{h}x{w})", "",
+        f"The EMA generator of a distgan run after {meta.get('step', '?')} steps: `z` ({meta['z_dim']} "
+        f"standard normal values) to images of {c} channel(s), {h}x{w} pixels, in [-1, 1]."
+        + (f" Conditional on {meta['num_classes']} classes." if meta.get("num_classes") else ""), "",
+        f"![samples]({SAMPLES_PNG})", "",
+        "## Use", "", "```python",
+        "from distgan import load_generator, sample_images", "",
+        'g, cfg = load_generator("THIS_FOLDER")   # also: distgan sample --checkpoint THIS_FOLDER ...',
+        "images = sample_images(g, 16, seed=0)    # uint8", "```", "",
+    ]
+    if meta.get("onnx"):
+        lines += ["With ONNX Runtime only: `onnxruntime.InferenceSession(\"generator.onnx\").run(None, "
+                  "{\"z\": z})[0]` (z: float32, B x z_dim).", ""]
+    lines += ["## Scores", ""]
+    if scores:
+        lines += [f"Against the real test split, n = {scores.get('n', '?')}; scores from different "
+                  "classifiers are not comparable.", "", _scores_table(scores), ""]
+    else:
+        lines += ["No scores were recorded for this checkpoint (score it with `distgan eval --checkpoint "
+                  "THIS_FOLDER --shards DATA`).", ""]
+    lines += [f"- evaluation classifier sha256: `{meta.get('classifier_sha256') or 'unknown'}`",
+              f"- data manifest sha256: `{meta.get('data_manifest_sha256') or 'unknown'}`",
+              f"- weights (`{WEIGHTS_FILE}`) sha256: `{meta['weights_sha256']}`",
+              f"- exported from: `{meta.get('source', '?')}`", "",
+              "## Training config", "", "```yaml", config_yaml.rstrip("\n"), "```", ""]
+    return "\n".join(lines)
+
+
+def _write_folder(final: Path, write: Any) -> None:
+    """Fill a temporary folder beside `final` with `write(tmp)`, fsync it, then rename it onto `final`."""
+    final = final.absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        for p in tmp.iterdir():
+            os.chmod(p, 0o666 & ~mask)  # safetensors and mkstemp-style writers leave 0600
+            fsync_path(p)
+        fsync_path(tmp)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_path(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to replace a folder that is not an earlier export (a typo must not delete someone's files)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_export_dir(out))):
+        raise UserError(f"--out {out} exists and is not a distgan export; choose a new or empty folder")
+
+
+def write_export(out: str | Path, generator: torch.nn.Module, cfg: Config, *, step: int | None,
+                 scores: dict[str, Any] | None = None, classifier_sha256: str | None = None,
+                 data_manifest_sha256: str | None = None, source: str = "", onnx: bool = False,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write an export folder for `generator` (its weights, shape and config); returns config.json's dict."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    check_out_dir(out)
+    generator = copy.deepcopy(generator).cpu().eval()  # the caller's module (the trainer's EMA) stays as it is
+    shape = generator_image_shape(generator)
+    config_yaml = dump_config(cfg)
+    meta: dict[str, Any] = {
+        "format": FORMAT, "arch": cfg.model.arch, "z_dim": int(generator.z_dim), "image_shape": list(shape),
+        "model": cfg.model.to_dict(), "step": step,
+        "scores": dict(scores or {}), "classifier_sha256": classifier_sha256 or (scores or {}).get("classifier_sha256"),
+        "data_manifest_sha256": data_manifest_sha256, "source": source, "onnx": ONNX_FILE if onnx else None,
+        **(extra or {}),
+    }
+    meta["scores"].pop("classifier_sha256", None)
+    if "image_shape" in meta["model"]:  # the config field, where the config has it
+        meta["model"]["image_shape"] = list(shape)
+    num_classes = getattr(generator, "num_classes", None)
+    if num_classes:
+        meta["num_classes"] = int(num_classes)
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()},
+                  str(tmp / WEIGHTS_FILE))
+        meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_FILE)
+        write_file_durably(tmp / TRAINING_CONFIG, config_yaml.encode())
+        buf = io.BytesIO()
+        sample_grid(generator).save(buf, format="PNG")
+        write_file_durably(tmp / SAMPLES_PNG, buf.getvalue())
+        if onnx:
+            export_onnx(generator, tmp / ONNX_FILE)
+        write_file_durably(tmp / CONFIG_JSON, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        write_file_durably(tmp / CARD, model_card(meta, config_yaml).encode())
+
+    _write_folder(out, write)
+    return meta
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = False,
+                      scores_file: str | Path | None = None) -> dict[str, Any]:
+    """Export the EMA G of a checkpoint (or a run directory's latest, or an earlier export) to `out`.
+
+    Scores come from `scores_file` (the JSON of `distgan eval --json`), else from RUN_DIR/metrics.jsonl at
+    the checkpoint's step; the classifier's sha256 from the scores file, else from the config's classifier
+    file if it is here; the data manifest's sha256 from the config's data.dir if it is here.
+    """
+    from distgan.training.checkpoint import STATE_FILE, resolve_checkpoint
+    from distgan.training.sampling import load_generator
+
+    out, src = Path(out), Path(checkpoint)
+    check_out_dir(out)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise UserError(f"--out {out} is the folder being exported; choose another")
+    generator, cfg = load_generator(src)
+    scores: dict[str, Any] = {}
+    step, source, classifier = None, str(src), None
+    if is_export_dir(src):
+        meta = read_export_config(src)
+        step, scores, classifier = meta.get("step"), dict(meta.get("scores") or {}), meta.get("classifier_sha256")
+        manifest = meta.get("data_manifest_sha256")
+    else:
+        ckpt = resolve_checkpoint(src)
+        source = str(ckpt)
+        try:
+            step = int(json.loads((ckpt / STATE_FILE).read_text())["state"]["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            step = None
+        if step is not None:
+            scores = metrics_at(ckpt.parent.parent, step)
+        manifest = manifest_sha256(cfg.data.dir)
+        clf = Path(cfg.eval.classifier or Path(cfg.data.dir) / "classifier.pt")
+        if scores and clf.is_file():
+            from distgan.evaluation.evaluate import classifier_sha256  # the hash every report names
+
+            classifier = classifier_sha256(clf)
+    if scores_file is not None:
+        try:
+            loaded = json.loads(Path(scores_file).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"--scores {scores_file}: cannot read it as JSON "
+                            f"({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"--scores {scores_file}: expected the JSON object of `distgan eval --json`")
+        classifier = loaded.get("classifier_sha256") or classifier
+        scores = {k: v for k, v in loaded.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return write_export(out, generator, cfg, step=step, scores=scores, classifier_sha256=classifier,
+                        data_manifest_sha256=manifest, source=source, onnx=onnx)
+
+
+def push_to_hub(folder: str | Path, repo: str, *, private: bool = False) -> str:
+    """Upload an export folder to the Hugging Face Hub model repo `repo`; returns its URL.
+
+    Offline, without a login, or on any Hub error: one UserError line that says the folder is complete.
+    """
+    folder = Path(folder)
+    later = f"the folder {folder} is complete; upload it later with `hf upload {repo} {folder}`"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"cannot push to the Hub: HF_HUB_OFFLINE is set (offline mode); {later}")
+    try:
+        from huggingface_hub import HfApi, get_token
+    except ImportError:
+        raise UserError(f"--push-to-hub needs huggingface_hub (pip install huggingface_hub); {later}") from None
+    if not get_token():
+        raise UserError(f"cannot push to the Hub: not logged in (run `hf auth login` or set HF_TOKEN); {later}")
+    api = HfApi()
+    try:
+        url = api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                          commit_message="distgan export")
+    except Exception as e:  # noqa: BLE001 - network, auth, HTTP and validation errors all become one line
+        detail = " ".join(str(e).split())[:200]
+        raise UserError(f"cannot push to the Hub repo {repo}: {type(e).__name__}: {detail}; {later}") from None
+    return str(url)
+
+
+def onnx_parity(folder: str | Path, batch_sizes: Sequence[int] = (1, 5), seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the images of an export folder's generator.onnx and weights."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError(f"onnxruntime is not installed: {EXPORT_EXTRA_HINT}") from None
+    g, _ = load_exported(folder)
+    session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for b in batch_sizes:
+        z = torch.randn(b, int(g.z_dim), generator=torch.Generator().manual_seed(seed + b))
+        with torch.no_grad():
+            ref = g(z).numpy()
+        got = session.run(["images"], {"z": z.numpy()})[0]
+        if got.shape != ref.shape:
+            raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+__all__ = ["FORMAT", "export_checkpoint", "export_onnx", "is_export_dir", "load_exported", "model_card",
+           "onnx_parity", "push_to_hub", "read_export_config", "write_export"]
