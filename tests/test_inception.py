@@ -187,3 +187,28 @@ def test_fid_of_real_digits_is_far_below_blurred_and_noise(digits) -> None:
     print(scores)
     assert 0 < real_real < real_blur / 2, scores
     assert real_blur < real_noise and real_real < real_noise / 5, scores
+
+
+@needs_weights
+@pytest.mark.slow
+def test_eval_cli_with_inception_features_on_a_checkpoint(mnist_shards, tmp_path) -> None:
+    """`distgan eval --features inception` end to end: a real checkpoint's samples against real test digits,
+    the real features cached beside the shards and reused by a second call."""
+    import json
+
+    from conftest import REPO, run_cli
+
+    run = tmp_path / "run"
+    run_cli(["train", "--config", str(REPO / "configs" / "debug.yaml"), f"data.dir={mnist_shards}", f"run.dir={run}",
+             "wandb.mode=disabled"], timeout=300)
+    args = ["eval", "--features", "inception", "--checkpoint", str(run), "--shards", str(mnist_shards), "--n", "24"]
+    out = run_cli([*args, "--json", str(tmp_path / "s.json")], timeout=600).stdout
+    assert "Inception-v3 pool3 features" in out and inception.WEIGHTS_SHA256 in out
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["features"] == "inception" and scores["n"] == scores["n_real"] == 24
+    assert np.isfinite(scores["fid"]) and scores["fid"] > 0
+    assert len(list(mnist_shards.glob("inception_test_features_*.pt"))) == 1
+    run_cli([*args, "--json", str(tmp_path / "again.json")], timeout=600)  # the cached real features
+    assert json.loads((tmp_path / "again.json").read_text())["fid"] == pytest.approx(scores["fid"])
+    proc = run_cli(["eval", "--features", "inception", "--checkpoint", str(run)], timeout=120, check=False)
+    assert proc.returncode == 2 and "--features inception needs --shards" in proc.stderr

