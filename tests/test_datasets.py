@@ -26,6 +26,8 @@ from distgan.data.shards import Layout, read_shard
 from distgan.errors import UserError
 from distgan.locks import LOCK_FILE
 
+pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
+
 FASHION_RAW = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 N_PER_CLASS = 20
 

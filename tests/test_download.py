@@ -157,6 +157,7 @@ def test_prepare_from_download(serve, small_mnist, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "raw").iterdir()) == sorted(FILES.values())
 
 
+@pytest.mark.slow
 def test_cli_official_md5_rejects_the_train_subset(serve, mnist_raw, tmp_path):
     """Through the CLI with the real (official) table: the local 10k train subset is not official MNIST."""
     out = tmp_path / "out"
@@ -171,6 +172,7 @@ def test_cli_official_md5_rejects_the_train_subset(serve, mnist_raw, tmp_path):
     assert [p.name for p in (out / "raw").iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_cli_env_mirrors_no_network(tmp_path):
     proc = run_cli(["prepare", "--out", str(tmp_path / "out")], timeout=60, check=False,
                    env=child_env(DISTGAN_MNIST_MIRRORS=f"{_closed_port_url()},{_closed_port_url()}"))
@@ -195,6 +197,7 @@ def fashion_raw() -> Path:
     return FASHION_RAW
 
 
+@pytest.mark.slow
 def test_fashion_mnist_download_checks_the_official_checksums(serve, fashion_raw, tmp_path):
     """The real Fashion-MNIST files, served over HTTP. Debian recompressed them, so their gzip md5 is not
     the README's: they pass on their decompressed content's official md5 and size; a changed byte fails."""

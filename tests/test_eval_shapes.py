@@ -220,6 +220,7 @@ def test_split_arrays_from_the_loader_in_either_layout(rgb, mnist):
 # --- metrics with K != 10 ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_take_the_number_of_classes_from_the_logits():
     k = 4
     confident = torch.eye(k).repeat(2500, 1) * 30.0  # splits of 1,000: random class shares

@@ -34,6 +34,8 @@ from distgan.training.checkpoint import (
     resolve_checkpoint,
 )
 
+pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
+
 DEBUG = "configs/debug.yaml"
 STEP10, STEP20 = "step_0000010", "step_0000020"
 

@@ -26,6 +26,8 @@ from distgan.data.idx import FILES, parse_idx
 from distgan.data.shards import read_shard
 from distgan.errors import UserError
 
+pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
+
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:
     """Poll until predicate() is true; fail if the process exits first or the time runs out."""

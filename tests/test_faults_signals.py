@@ -18,6 +18,8 @@ from conftest import BIN, PYTHON, REPO, child_env
 
 from distgan.training.preemption import CTRL_C_MESSAGE
 
+pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
+
 
 # -- Ctrl-C --------------------------------------------------------------------------------------------------
 def _fake_scontrol(bin_dir: Path, calls: Path) -> None:

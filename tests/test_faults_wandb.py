@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO, child_env, run_cli, wandb_history
 
+pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
+
 API_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 hex characters: the shape of a real key
 
 

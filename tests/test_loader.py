@@ -199,6 +199,7 @@ def test_missing_manifest(tmp_path):
         build_loader(tmp_path / "train", batch_size=B, rank=0, world_size=1, num_workers=0, seed=0, epoch=0)
 
 
+@pytest.mark.slow
 def test_bench_data_output(mnist_shards, capsys):
     from distgan.cli import main
 

@@ -135,6 +135,7 @@ def test_missing_file_in_raw_dir(mnist_raw, tmp_path):
     _one_line_error(exc, tmp_path / FILES["train_labels"])
 
 
+@pytest.mark.slow
 def test_cli_bad_file_is_one_line(mnist_raw, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

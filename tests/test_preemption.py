@@ -219,6 +219,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_all_ranks_agree_when_one_rank_saw_the_signal():
     """Rank 1 sees TERM: both stop, neither requeues; then rank 0 sees USR1: both requeue (MAX)."""
     port = str(free_port())

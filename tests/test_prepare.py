@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import webdataset as wds
 from conftest import run_cli
 
@@ -72,6 +73,7 @@ def test_shards_are_plain_webdataset(mnist_shards, mnist_raw):
     assert all_keys == [k for p in packs for k in p["keys.txt"].decode().split("\n")]
 
 
+@pytest.mark.slow
 def test_second_run_is_a_noop(mnist_shards, mnist_raw):
     def stats() -> dict[Path, tuple[int, int]]:  # the lock file is rewritten by every run: not data
         return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in mnist_shards.rglob("*")

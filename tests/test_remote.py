@@ -26,6 +26,8 @@ from distgan.data.remote import REMOTE, FetchPolicy, default_cache_dir, ensure_s
 from distgan.errors import UserError
 from distgan.locks import wait_for_lock
 
+pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
+
 B = 64
 FAST = {"DISTGAN_FETCH_ATTEMPTS": "3", "DISTGAN_FETCH_BACKOFF_S": "0.1", "DISTGAN_FETCH_STALL_S": "1",
         "DISTGAN_FETCH_CONNECT_S": "2", "DISTGAN_FETCH_DEADLINE_S": "30"}
