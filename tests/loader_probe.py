@@ -17,6 +17,19 @@ from accelerate import PartialState
 from distgan.data import build_loader
 
 
+def epoch_keys(loader, world_size: int) -> list[list[str]]:
+    """This rank's batches of keys for one epoch; asserts every rank yields the same number of batches."""
+    keys: list[list[str]] = []
+    for batch in loader:
+        total = batch["image"].sum(dtype=torch.int64).reshape(1)
+        dist.all_reduce(total)  # a rank with an extra batch would wait here forever
+        keys.append(batch["key"])
+    counts = [None] * world_size
+    dist.all_gather_object(counts, len(keys))
+    assert len(set(counts)) == 1, f"unequal batch counts across ranks: {counts}"
+    return keys
+
+
 def main() -> int:
     split, out, expected_world, num_workers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     # Without CUDA, accelerate only forms the gloo group when asked for the CPU explicitly.
@@ -24,14 +37,7 @@ def main() -> int:
     assert state.num_processes == expected_world, f"world size {state.num_processes} != {expected_world}"
     loader = build_loader(split, batch_size=64, rank=state.process_index, world_size=state.num_processes,
                           num_workers=num_workers, seed=7, epoch=1)
-    keys: list[list[str]] = []
-    for batch in loader:
-        total = batch["image"].sum(dtype=torch.int64).reshape(1)
-        dist.all_reduce(total)  # a rank with an extra batch would wait here forever
-        keys.append(batch["key"])
-    counts = [None] * state.num_processes
-    dist.all_gather_object(counts, len(keys))
-    assert len(set(counts)) == 1, f"unequal batch counts across ranks: {counts}"
+    keys = epoch_keys(loader, state.num_processes)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{state.process_index}.json").write_text(
         json.dumps({"rank": state.process_index, "world_size": state.num_processes, "len": len(loader),
