@@ -26,6 +26,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("throughput (images/s, all processes)", ("perf/images_per_s",)),
 )
 EVAL_ORDER = ("eval/fid", "eval/kid", "eval/is", "eval/precision", "eval/recall")  # then the others, sorted
+NOT_SCORES = ("eval/n",)  # bookkeeping; like the `*_std` spreads, logged but not given a panel
 STYLES = ("-", "--", ":", "-.")
 
 
@@ -72,7 +73,8 @@ def panels_for(runs: Sequence[RunCurves]) -> list[tuple[str, tuple[str, ...]]]:
     present = {key for run in runs for key in run.curves}
     panels = [(title, tuple(k for k in keys if k in present)) for title, keys in PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
-    evals = sorted((k for k in present if k.startswith("eval/")),
+    scores = (k for k in present if k.startswith("eval/") and not k.endswith("_std") and k not in NOT_SCORES)
+    evals = sorted(scores,
                    key=lambda k: (EVAL_ORDER.index(k) if k in EVAL_ORDER else len(EVAL_ORDER), k))
     return panels + [(key, (key,)) for key in evals]
 
@@ -119,9 +121,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | N
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.legend([Line2D([], [], color=c, lw=2) for c in colors], [run.label for run in runs], loc="outside upper center",
-               ncols=min(len(runs), 4), fontsize=9, frameon=False)
-    if title:
-        fig.suptitle(title)
+               ncols=min(len(runs), 4), fontsize=9, frameon=False, title=title)  # the title above the run names
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt)
     try:

@@ -57,9 +57,10 @@ def test_eval_scores_get_a_panel_each(tmp_path):
                              "perf/images_per_s": 5000 + 100 * rng.random(), "loss/gp": 0.0})
         if step % 250 == 0:
             metrics.write(step, {"eval/fid": 100 / step, "eval/is": step / 100, "eval/precision": 0.5,
-                                 "eval/recall": 0.4, "eval/kid": 0.01, "eval/class_kl": float("nan")})
+                                 "eval/recall": 0.4, "eval/kid": 0.01, "eval/class_kl": float("nan"),
+                                 "eval/kid_std": 0.001, "eval/n": 2000})
     panels = [t for t, _ in panels_for([load_curves(run)])]
-    assert panels[3:] == ["eval/fid", "eval/kid", "eval/is", "eval/precision", "eval/recall"]  # NaN-only: none
+    assert panels[3:] == ["eval/fid", "eval/kid", "eval/is", "eval/precision", "eval/recall"]  # none for NaN, _std, n
     out = plot_runs([run], tmp_path / "eval.png")
     assert check_png(out) == (int(round(100 * (3 * 2.9 + 0.5))), int(round(100 * 3 * 4.2)))  # 8 panels: 3 x 3
 
