@@ -368,8 +368,7 @@ def auto_run_dir(config_path_stem: str, job_id: str | None, timestamp: str) -> s
 RESUMABLE_KEYS: tuple[str, ...] = (
     "train.steps",  # extend (or shorten) a run: the point of resuming
     "train.nan_patience",  # when to give up on non-finite losses; not a training value
-    "log.*",  # what and how often to log; the grid noise only draws pictures
-    "log.with",  # which trackers get the metrics (W&B, TensorBoard); metrics.jsonl is always written
+    "log.*",  # what, where (log.with) and how often to log; the grid noise only draws pictures
     "checkpoint.*",  # how often to save and how many to keep
     "eval.*",  # evaluation reads G, never changes it (note: FIDs at other n/classifier are not comparable)
     "wandb.*",  # where the metrics go
