@@ -131,8 +131,10 @@ class Trainer:
         self.wandb_mode = start_tracking(acc, mode=self.wandb_mode, project=cfg.wandb.project,
                                          entity=cfg.wandb.entity, name=cfg.wandb.name, run_dir=self.run_dir.path,
                                          config=cfg.to_dict(), watcher=self.watcher, resume_step=self.state.step)
-        if self.classifier is not None and self.wandb_mode != "disabled":  # other classifiers' scores don't compare
-            acc.get_tracker("wandb", unwrap=True).summary["eval/classifier_sha256"] = self.classifier_sha256
+        if self.classifier is not None and self.wandb_mode != "disabled" and acc.is_main_process:
+            run = acc.get_tracker("wandb", unwrap=True)
+            run.summary["eval/classifier_sha256"] = self.classifier_sha256  # other classifiers' scores don't compare
+            run.define_metric("eval/fid", summary="min")  # the run's (and a W&B sweep's) FID is its best one
         # G as W&B model artifacts (`latest`, `best`) and the classifier they were scored with (main process)
         self.artifacts = ModelArtifacts.start(acc, cfg, self.run_dir.path, self.classifier, self.classifier_sha256)
 
