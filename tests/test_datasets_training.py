@@ -54,7 +54,8 @@ def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_p
     images = np.load(tmp_path / "s.npz")["images"]
     assert images.shape == (16, 28, 28) and images.dtype == np.uint8
     clf = tmp_path / "classifier.pt"
-    run_cli(["train-classifier", "--shards", str(fashion_shards), "--out", str(clf), "--epochs", "1"], timeout=600)
+    run_cli(["train-classifier", "--shards", str(fashion_shards), "--out", str(clf), "--epochs", "1",
+             "--max-train", "6000"], timeout=600)
     run_cli(["eval", "--checkpoint", str(run), "--shards", str(fashion_shards), "--classifier", str(clf),
              "--n", "500", "--json", str(tmp_path / "scores.json")], timeout=300)
     scores = json.loads((tmp_path / "scores.json").read_text())

@@ -196,19 +196,21 @@ def test_eval_cli_with_inception_features_on_a_checkpoint(mnist_shards, tmp_path
     the real features cached beside the shards and reused by a second call."""
     import json
 
-    from conftest import REPO, run_cli
+    from conftest import REPO, child_env, run_cli
 
     run = tmp_path / "run"
     run_cli(["train", "--config", str(REPO / "configs" / "debug.yaml"), f"data.dir={mnist_shards}", f"run.dir={run}",
              "wandb.mode=disabled"], timeout=300)
     args = ["eval", "--features", "inception", "--checkpoint", str(run), "--shards", str(mnist_shards), "--n", "24"]
-    out = run_cli([*args, "--json", str(tmp_path / "s.json")], timeout=600).stdout
+    env = child_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    out = run_cli([*args, "--json", str(tmp_path / "s.json")], timeout=600, env=env).stdout
     assert "Inception-v3 pool3 features" in out and inception.WEIGHTS_SHA256 in out
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["features"] == "inception" and scores["n"] == scores["n_real"] == 24
     assert np.isfinite(scores["fid"]) and scores["fid"] > 0
-    assert len(list(mnist_shards.glob("inception_test_features_*.pt"))) == 1
-    run_cli([*args, "--json", str(tmp_path / "again.json")], timeout=600)  # the cached real features
+    cached = list((tmp_path / "xdg" / "distgan" / "inception").glob("test_features_*.pt"))
+    assert len(cached) == 1 and not list(mnist_shards.glob("*inception*"))  # the prepare output stays distgan prepare's
+    run_cli([*args, "--json", str(tmp_path / "again.json")], timeout=600, env=env)  # the cached real features
     assert json.loads((tmp_path / "again.json").read_text())["fid"] == pytest.approx(scores["fid"])
     proc = run_cli(["eval", "--features", "inception", "--checkpoint", str(run)], timeout=120, check=False)
     assert proc.returncode == 2 and "--features inception needs --shards" in proc.stderr

@@ -20,11 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-train", type=int, default=None, metavar="N",
+                        help="train on the first N training images only (a quick classifier for checks)")
 
 
 def run(args: argparse.Namespace) -> int:
     r = make_classifier_file(open_dataset(args.shards), out=args.out, epochs=args.epochs, seed=args.seed,
-                             batch_size=args.batch_size, log=lambda s: print(s, flush=True))
+                             batch_size=args.batch_size, max_train=args.max_train,
+                             log=lambda s: print(s, flush=True))
     ref = r["reference"]
     names = r["class_names"] or []
     names = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""

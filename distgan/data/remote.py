@@ -328,10 +328,15 @@ class _UrlName:
         return _UrlName(self._parent, self._parent)
 
 
-def default_cache_dir(manifest_sha256: str) -> Path:
-    """$XDG_CACHE_HOME/distgan/<sha256> (XDG_CACHE_HOME defaults to ~/.cache)."""
+def default_cache_root() -> Path:
+    """$XDG_CACHE_HOME/distgan (XDG_CACHE_HOME defaults to ~/.cache): distgan's downloads and caches."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root).expanduser() / "distgan" / manifest_sha256
+    return Path(root).expanduser() / "distgan"
+
+
+def default_cache_dir(manifest_sha256: str) -> Path:
+    """$XDG_CACHE_HOME/distgan/<sha256>: where a URL's shards are cached by default."""
+    return default_cache_root() / manifest_sha256
 
 
 # (location, cache_dir) -> cache dir opened in this process; cache dir -> the URL it was opened from here

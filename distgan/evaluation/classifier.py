@@ -302,7 +302,7 @@ def manifest_class_names(shards: str | Path) -> list[str] | None:
 
 def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, epochs: int = 10, seed: int = 0,
                          batch_size: int = 64, class_names: Sequence[str] | None = None,
-                         log: Callable[[str], None] = print) -> dict[str, Any]:
+                         max_train: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the feature classifier on DIR/train (its architecture from the images' shape, K from the
     class names or the labels), test it on DIR/test, and save it (default DIR/classifier.pt) with its
     sha256, input shape, K, class names (given, else from the manifest when it records them), the test
@@ -322,6 +322,10 @@ def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, e
     if class_names is None:
         class_names = manifest_class_names(shards)
     train_x, train_y = load_split_images(shards / "train")
+    if max_train is not None:  # the first images in key order: a quick classifier for checks and tests
+        if max_train < 2:
+            raise UserError(f"--max-train must be at least 2, got {max_train}")
+        train_x, train_y = train_x[:max_train], train_y[:max_train]
     test_x, test_y = load_split_images(shards / "test")
     shape = check_input_shape(image_shape(train_x))
     if image_shape(test_x) != shape:

@@ -192,8 +192,8 @@ def score_inception(accelerator: Any, *, shards: str | Path, checkpoint: str | P
     """Collective: FID, KID and precision/recall on the standard Inception-v3 pool3 features (comparable
     with the literature, and usable for unlabelled data), of n samples against n real test images (a
     seeded random subset when the split is larger). The main process computes; every rank returns the
-    same dict. The real features are cached in DIR/inception_test_features.pt, keyed by the split's
-    fingerprint and the weights' sha256, so they are computed once per dataset."""
+    same dict. The real features are cached under ~/.cache/distgan/inception/, keyed by the split's
+    fingerprint, the weights' sha256, n and the seed, so they are computed once per dataset."""
     from distgan.collectives import on_main
 
     if n < 2:
@@ -206,8 +206,12 @@ def score_inception(accelerator: Any, *, shards: str | Path, checkpoint: str | P
 
 def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: str | Path | None, n: int,
                           seed: int, batch_size: int, device: Any) -> dict[str, Any]:
+    import hashlib
+    import json
+
     import torch
 
+    from distgan.data.remote import default_cache_root
     from distgan.evaluation.evaluate import load_split_images, split_fingerprint
     from distgan.evaluation.inception import WEIGHTS_SHA256, inception_features, load_inception
     from distgan.evaluation.metrics import fid, kid, precision_recall
@@ -227,8 +231,11 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
         images = images.transpose(0, 3, 1, 2) if images.ndim == 4 else images  # N x H x W x C -> N x C x H x W
         source = f"{n} samples (seed {seed}) from {checkpoint}"
     n = len(images)
-    cache = shards / f"inception_test_features_{n}_{seed}.pt"
     key = {"split": split_fingerprint(test_split), "weights": WEIGHTS_SHA256, "n": n, "seed": seed}
+    # Beside the downloaded shards' cache, not in the prepare output: that directory is distgan prepare's
+    # to manage (and may be read-only or shared).
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    cache = default_cache_root() / "inception" / f"test_features_{digest}.pt"
     real = None
     if cache.is_file():
         blob = torch.load(cache, map_location="cpu", weights_only=True)
