@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, REPO, child_env, run_cli
-from test_slurm import _cluster_problem, job_info
+from test_slurm import job_info, slurm  # noqa: F401 - slurm is a fixture: skip or fail without the cluster
 
 from distgan.config import load_config
 
@@ -136,17 +136,6 @@ def test_summary_sorts_by_fid_and_reads_status(tmp_path, mnist_shards):
 STEPS = 300
 
 
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    problem = _cluster_problem()
-    if problem is None:
-        return
-    message = f"SLURM cluster unavailable: {problem}; start it with `bash launch/slurm/local_cluster.sh start`"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def _wait(what: str, predicate, timeout: float, array_job: str, logs: list[Path]):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,7 +150,8 @@ def _wait(what: str, predicate, timeout: float, array_job: str, logs: list[Path]
 
 
 @pytest.mark.slow
-def test_sweep_array_job_trains_each_trial_and_resumes_a_preempted_one(slurm, mnist_shards, tmp_path):
+@pytest.mark.usefixtures("slurm")
+def test_sweep_array_job_trains_each_trial_and_resumes_a_preempted_one(mnist_shards, tmp_path):
     sweep = write_sweep(tmp_path / "arr.yaml", {
         "name": "arr", "base": "configs/debug.yaml",
         "overrides": [f"train.steps={STEPS}", "log.every=10", "log.grid_every=1000", "checkpoint.every=1000",
