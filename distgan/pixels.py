@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import torch
 
+# MNIST's (C, H, W): the shape of every file made before shapes were recorded (v1 shards, old checkpoints
+# and classifier files), so it is the default wherever a shape is missing.
+MNIST_SHAPE: tuple[int, int, int] = (1, 28, 28)
+
 
 def to_signed(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float in [-1, 1], same shape."""

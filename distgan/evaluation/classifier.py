@@ -25,13 +25,12 @@ from torch import nn
 from distgan.atomic import write_bytes_atomic
 from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
-from distgan.pixels import to_signed
+from distgan.pixels import MNIST_SHAPE, to_signed
 
 FORMAT = "distgan-classifier/2"  # adds input_shape, num_classes and class_names
 OLD_FORMATS = ("distgan-mnist-classifier/1",)  # (1, 28, 28), 10 classes; still readable
 NUM_FEATURES = 128
 NUM_CLASSES = 10
-MNIST_SHAPE: tuple[int, int, int] = (1, 28, 28)
 CHANNELS = (1, 3)
 MIN_SIDE, MAX_SIDE = 4, 1024
 LENET_SIDE = 32  # the last two (LeNet) blocks see at most 32 x 32; one 3x3 block more per doubling above

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from distgan.errors import UserError
+from distgan.pixels import MNIST_SHAPE
 
 FORMAT_HINT = ("save uint8 images N x H x W (grayscale) or N x H x W x 3 (colour) with "
                "numpy.savez(FILE, images=images)")
-MNIST_SHAPE = (1, 28, 28)
 
 
 def _dims(shape: tuple[int, ...]) -> str:

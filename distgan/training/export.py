@@ -38,6 +38,7 @@ from distgan.atomic import fsync_path, write_file_durably
 from distgan.config import Config, config_from_dict, dump_config
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
+from distgan.pixels import MNIST_SHAPE
 
 FORMAT = "distgan-generator/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,7 +47,6 @@ TRAINING_CONFIG = "training_config.yaml"
 SAMPLES_PNG = "samples.png"
 CARD = "README.md"
 ONNX_FILE = "generator.onnx"
-MNIST_SHAPE = (1, 28, 28)
 EXPORT_EXTRA_HINT = 'pip install "distgan[export]"'
 
 

@@ -21,8 +21,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from distgan.config import ModelConfig
 from distgan.errors import UserError
+from distgan.pixels import MNIST_SHAPE
 
-MNIST_SHAPE = (1, 28, 28)
 DCGAN_SIZES = (16, 28, 32, 64, 128)
 CHANNELS = (1, 3)
 

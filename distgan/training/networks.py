@@ -10,8 +10,9 @@ import torch
 from accelerate.utils import set_seed
 
 from distgan.config import Config, TrainConfig
+from distgan.pixels import MNIST_SHAPE
 from distgan.training.ema import EMA
-from distgan.training.models import MNIST_SHAPE, build_discriminator, build_generator
+from distgan.training.models import build_discriminator, build_generator
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from distgan.atomic import write_json_atomic, write_text_atomic
 from distgan.collectives import on_main, sync_buffers
@@ -16,7 +15,6 @@ from distgan.config import (
     AUTO_RUN_DIR,
     Config,
     auto_run_dir,
-    config_from_dict,
     describe_conflicts,
     dump_config,
     model_fingerprint,
@@ -27,10 +25,9 @@ from distgan.locks import DirLock
 from distgan.training.checkpoint import (
     complete_checkpoints,
     latest_checkpoint,
-    read_checkpoint_config,
     resolve_checkpoint,
+    saved_config,
 )
-from distgan.training.models import MNIST_SHAPE
 from distgan.training.preemption import slurm_job_id
 
 
@@ -74,12 +71,12 @@ class RunDir:
                 return None
             # An automatic resume must continue the same experiment: a new run with other hyperparameters
             # on an old run.dir would otherwise silently pick up its checkpoint (and may stop at once).
-            problem = describe_conflicts(self.path, _saved_config(ckpt), cfg)
+            problem = describe_conflicts(self.path, saved_config(ckpt), cfg)
             if problem:
                 raise UserError(problem)
         else:  # an explicit checkpoint: only the networks and the loss must match; new values are on purpose
             ckpt = resolve_checkpoint(cfg.resume)
-            _check_same_model(cfg, _saved_config(ckpt), ckpt)
+            _check_same_model(cfg, saved_config(ckpt), ckpt)
         return ckpt
 
     def write_config(self, cfg: Config) -> None:
@@ -105,14 +102,6 @@ def resolve_run_path(cfg: Config, accelerator: Any) -> Path:
         return Path(cfg.run.dir)
     return Path(on_main(accelerator, lambda: auto_run_dir(cfg.name or "run", slurm_job_id(),
                                                           time.strftime("%Y%m%d-%H%M%S"))))
-
-
-def _saved_config(ckpt: Path) -> Config:
-    """The config a checkpoint was trained with (validated like any config); checkpoints from before
-    `model.image_shape` was saved are MNIST's (1, 28, 28)."""
-    saved = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
-    saved.model.image_shape = saved.model.image_shape or list(MNIST_SHAPE)
-    return saved
 
 
 def _check_same_model(cfg: Config, saved: Config, where: Path) -> None:

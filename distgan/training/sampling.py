@@ -10,26 +10,24 @@ import torch
 from safetensors.torch import load_file
 
 from distgan.atomic import write_bytes_atomic
-from distgan.config import Config, config_from_dict
+from distgan.config import Config
 from distgan.errors import UserError
 from distgan.pixels import to_uint8
-from distgan.training.checkpoint import EMA_FILE, read_checkpoint_config, resolve_checkpoint
-from distgan.training.models import MNIST_SHAPE, build_generator
+from distgan.training.checkpoint import EMA_FILE, resolve_checkpoint, saved_config
+from distgan.training.models import build_generator
 from distgan.training.tracking import grid_image, save_png
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """The EMA generator (eval mode) and config of a checkpoint directory, a run directory's latest, or a
     folder written by `distgan export` (distgan.training.export)."""
-    import yaml
 
     from distgan.training.export import is_export_dir, load_exported
 
     if is_export_dir(path):
         return load_exported(path, device)
     ckpt = resolve_checkpoint(path)
-    cfg = config_from_dict(yaml.safe_load(read_checkpoint_config(ckpt)), source=f"{ckpt}/config.yaml")
-    cfg.model.image_shape = cfg.model.image_shape or list(MNIST_SHAPE)  # saved before shapes were recorded
+    cfg = saved_config(ckpt)
     g = build_generator(cfg.model, cfg.model.image_shape)
     g.load_state_dict(load_file(str(ckpt / EMA_FILE)))
     return g.to(device).eval(), cfg
