@@ -2,7 +2,8 @@
 
 Works for any image shape and number of classes the classifier file was trained for. Prints a table of
 FID, KID, classifier Inception Score (MNIST score), precision/recall and class coverage beside the reference
-scores of real data (train vs test) saved in the classifier file; `--json` writes the scores. Also runs
+scores of real data (train vs test) saved in the classifier file; `--json` writes the scores. A
+class-conditional generator (or a samples file with `labels`) also gets label accuracy and intra-class FID. Also runs
 under `accelerate launch`: every rank generates and featurizes its share, the main process reports.
 """
 
@@ -20,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint directory, or a run directory (its latest)")
     src.add_argument("--samples", help=".npz with key `images`: uint8 N x H x W (grayscale) or N x H x W x 3 "
-                     "(colour; N x C x H x W also read), of the classifier's input shape")
+                     "(colour; N x C x H x W also read), of the classifier's input shape; and optionally "
+                     "`labels` (N integers, the class each image was generated for, as `distgan sample` writes "
+                     "for a conditional generator) for label accuracy and intra-class FID")
     parser.add_argument("--n", type=int, default=10000, help="number of samples (default 10000; with "
                         "--samples, the first n of the file)")
     parser.add_argument("--json", default=None, help="also write the scores to this JSON file")

@@ -6,6 +6,10 @@ the main process computes the scores (distgan.evaluation.metrics) and broadcasts
 returns the same dict. The real test split's features are cached in the classifier file (made by
 `distgan train-classifier`), and in memory for any other split, so evaluating during training costs
 only generating and featurizing the samples plus the metric maths (a few seconds for n = 10,000).
+
+A class-conditional generator is sampled for labels in the training set's class frequencies
+(distgan.training.sampling.eval_labels), and its scores add label_accuracy and intra_fid, computed against
+the real test images of each class (their labels are saved in the classifier file as `test_labels`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from distgan.evaluation.classifier import (
 )
 from distgan.evaluation.metrics import FeatureSet, compute_metrics
 from distgan.pixels import to_uint8
-from distgan.training.sampling import fixed_noise
+from distgan.training.sampling import class_freqs_of, eval_labels, fixed_noise, num_classes_of
 
 
 @dataclass
@@ -64,8 +68,10 @@ class Classifier:
         return dict(self.blob.get("reference", {}))
 
     def cached_test_features(self) -> FeatureSet:
-        """The test split's features saved in the file at training time."""
-        return FeatureSet(self.blob["test_features"], self.blob["test_logits"])
+        """The test split's features (and labels, when recorded) saved in the file at training time."""
+        labels = self.blob.get("test_labels")
+        return FeatureSet(self.blob["test_features"], self.blob["test_logits"],
+                          torch.as_tensor(labels).long() if labels is not None else None)
 
 
 # (resolved path, mtime_ns, size) -> loaded classifier; (classifier sha256, split fingerprint) -> features
@@ -143,12 +149,36 @@ def real_features(clf: Classifier, test_split: str | Path | None) -> FeatureSet:
         return clf.cached_test_features()
     key = (clf.sha256, fp or str(Path(test_split).resolve()))
     if key not in _REAL:
-        images, _ = load_split_images(test_split)
+        images, labels = load_split_images(test_split)
         if len(images) < 2:
             raise UserError(f"split {test_split} has {len(images)} images; need at least 2")
         check_images_fit(clf.model, images, f"the real images of {test_split}")
-        _REAL[key] = FeatureSet(*embed_images(clf.model, images))
+        _REAL[key] = FeatureSet(*embed_images(clf.model, images), torch.as_tensor(labels).long())
     return _REAL[key]
+
+
+def labelled_real_features(clf: Classifier, test_split: str | Path | None) -> FeatureSet:
+    """real_features with the real images' labels, for the class-conditional scores; UserError if unknown."""
+    real = real_features(clf, test_split)
+    if real.labels is None and test_split is not None:  # a classifier file from before test_labels
+        _, labels = load_split_images(test_split)
+        if len(labels) == len(real):
+            real = FeatureSet(real.features, real.logits, torch.as_tensor(labels).long())
+    if real.labels is None:
+        raise UserError(f"the classifier file (sha256 {clf.sha256[:12]}) records no test labels, needed for "
+                        f"label_accuracy and intra_fid; pass --shards DIR or retrain it with `distgan "
+                        f"train-classifier`")
+    return real
+
+
+def check_labels_fit(clf: Classifier, labels: torch.Tensor, n: int, what: str) -> None:
+    """UserError (one line) unless `labels` are n integers in the classifier's classes 0..K-1."""
+    if labels.dim() != 1 or len(labels) != n or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise UserError(f"{what}: expected {n} integer labels, got {labels.dtype} of shape {tuple(labels.shape)}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= clf.num_classes):
+        raise UserError(f"{what}: labels range from {int(labels.min())} to {int(labels.max())} but the "
+                        f"classifier has {clf.num_classes} classes (0..{clf.num_classes - 1}); use a "
+                        f"classifier trained on this dataset")
 
 
 def _device_of(module: torch.nn.Module, default: torch.device) -> torch.device:
@@ -195,14 +225,20 @@ def _distributed_features(accelerator: Any | None, n: int, clf: Classifier, batc
 
 
 def _score_on_main(accelerator: Any | None, fake: FeatureSet | None, clf: Classifier,
-                   test_split: str | Path | None, seed: int) -> dict[str, float]:
-    """Main computes the scores; the result (or the main's UserError) reaches every rank."""
+                   test_split: str | Path | None, seed: int, labels: torch.Tensor | None = None) -> dict[str, float]:
+    """Main computes the scores (with the conditional ones when the fakes' requested `labels` are given);
+    the result (or the main's UserError) reaches every rank."""
     result: dict[str, Any] = {}
     failure: BaseException | None = None
     if accelerator is None or accelerator.is_main_process:
         try:
             assert fake is not None
-            result = {"ok": compute_metrics(real_features(clf, test_split), fake, seed=seed)}
+            if labels is None:
+                real = real_features(clf, test_split)
+            else:
+                real = labelled_real_features(clf, test_split)
+                fake = FeatureSet(fake.features, fake.logits, labels)
+            result = {"ok": compute_metrics(real, fake, seed=seed)}
         except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks are told
             failure = e
             user = isinstance(e, UserError)
@@ -222,15 +258,21 @@ def _score_on_main(accelerator: Any | None, fake: FeatureSet | None, clf: Classi
 
 def evaluate_images(accelerator: Any | None, images: torch.Tensor | np.ndarray, *,
                     classifier_path: str | Path, test_split: str | Path | None, seed: int = 0,
-                    batch_size: int = 500) -> dict[str, float]:
+                    batch_size: int = 500, labels: torch.Tensor | np.ndarray | None = None) -> dict[str, float]:
     """Scores of uint8 images (N, H, W) or (N, C, H, W), of the classifier's input shape, against the real
-    test split (None: the split cached in the classifier file). Collective when `accelerator` is given
+    test split (None: the split cached in the classifier file). With `labels` (N,), the classes the images
+    were generated for, the scores add label_accuracy and intra_fid. Collective when `accelerator` is given
     (every rank passes the same images, each featurizes its share); returns the same dict on every rank."""
     images = torch.as_tensor(np.asarray(images))
     clf = load_classifier(classifier_path)
     check_images_fit(clf.model, images, "the images to score")  # on every rank: none waits in the gather
+    y = None
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels))
+        check_labels_fit(clf, y, len(images), "the labels of the images to score")
+        y = y.long()
     fake = _distributed_features(accelerator, len(images), clf, batch_size, lambda lo, hi: images[lo:hi])
-    return _score_on_main(accelerator, fake, clf, test_split, seed)
+    return _score_on_main(accelerator, fake, clf, test_split, seed, y)
 
 
 def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, seed: int,
@@ -240,10 +282,12 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
     the main process computes the metrics and broadcasts them: the same dict is returned on EVERY rank.
 
     Sample i comes from noise row i of torch.randn(n, z_dim) drawn from a CPU generator seeded with `seed`,
-    so the samples (and the scores) do not depend on the world size. The generator may be the object
-    returned by accelerator.prepare (it is unwrapped; no DDP collective runs); it is run in eval mode and
-    its train/eval mode is restored. Keys: fid, kid, kid_std, is, is_std, precision, recall, classes,
-    class_kl, n. Name `classifier_sha256(classifier_path)` beside them when logging.
+    so the samples (and the scores) do not depend on the world size. For a class-conditional G, sample i
+    also gets label i of `eval_labels(g.inputs.class_freqs, n, seed)` (the training class frequencies,
+    exactly). The generator may be the object returned by accelerator.prepare (it is unwrapped; no DDP
+    collective runs); it is run in eval mode and its train/eval mode is restored. Keys: fid, kid, kid_std,
+    is, is_std, precision, recall, classes, class_kl, n; for a conditional G also label_accuracy and
+    intra_fid. Name `classifier_sha256(classifier_path)` beside them when logging.
     """
     if n < 2:
         raise UserError(f"evaluation needs at least 2 samples, got n={n}")
@@ -255,9 +299,19 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
 
     clf = load_classifier(classifier_path)
     expected = clf.input_shape
+    labels = None
+    if num_classes_of(g):
+        if num_classes_of(g) != clf.num_classes:
+            raise UserError(f"the generator is conditional on {num_classes_of(g)} classes but the classifier "
+                            f"{classifier_path} has {clf.num_classes}; use a classifier trained on this dataset "
+                            f"(`distgan train-classifier --shards DIR`)")
+        labels = eval_labels(class_freqs_of(g), n, seed)
 
     def make_images(lo: int, hi: int) -> torch.Tensor:
-        out = g(noise[lo:hi].to(g_device))
+        if labels is None:
+            out = g(noise[lo:hi].to(g_device))
+        else:
+            out = g(noise[lo:hi].to(g_device), labels[lo:hi].to(g_device))
         if tuple(out.shape[1:]) != expected:
             raise UserError(f"the generator returns images of shape {tuple(out.shape)} but the classifier "
                             f"{classifier_path} expects (B, {', '.join(map(str, expected))}); use a classifier "
@@ -272,4 +326,4 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
         fake = _distributed_features(accelerator, n, clf, batch_size, make_images)
     finally:
         g.train(was_training)
-    return _score_on_main(accelerator, fake, clf, test_split, seed)
+    return _score_on_main(accelerator, fake, clf, test_split, seed, labels)

@@ -6,6 +6,10 @@ classifier's features through an identity feature module; FID's statistics are f
 recall (Kynkäänniemi et al. 2019, k=3) and class coverage are written here (torchmetrics has neither).
 Every random choice (KID subsets, IS split order, the real subset for precision/recall) is seeded, so
 the same features always give the same scores.
+
+For class-conditional generators (fakes drawn for requested labels) two more: label accuracy (how often the
+classifier agrees with the requested class) and intra-class FID (the mean over classes of the FID between
+the fakes and the reals of that class; Miyato & Koyama 2018).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ CLASS_PRESENT_MIN_FRACTION_OF_UNIFORM = 0.1
 
 @dataclass
 class FeatureSet:
-    """Classifier outputs for a set of images: penultimate features (N, D) and logits (N, K), on CPU."""
+    """Classifier outputs for a set of images: penultimate features (N, D) and logits (N, K), on CPU; and
+    their class labels (N,) when known (the true class of real images, the requested one of fakes)."""
 
     features: torch.Tensor
     logits: torch.Tensor
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -147,11 +153,39 @@ def class_coverage(fake_logits: torch.Tensor, real_mix: torch.Tensor) -> tuple[i
     return int((p >= min_share - 1e-12).sum()), max(kl, 0.0)
 
 
+def label_accuracy(fake_logits: torch.Tensor, requested: torch.Tensor) -> float:
+    """Share of samples whose classifier argmax is the class they were generated for."""
+    return float((fake_logits.argmax(dim=1) == requested.long()).double().mean())
+
+
+def intra_fid(real: FeatureSet, fake: FeatureSet) -> float:
+    """Mean over classes of the FID between the fakes of class k and the reals of class k (both labelled).
+
+    Classes with fewer than 2 fakes or 2 reals have no FID and are left out of the mean; nan if none has."""
+    if real.labels is None or fake.labels is None:
+        raise ValueError("intra-class FID needs the labels of the real and of the generated samples")
+    real_y, fake_y = real.labels.long(), fake.labels.long()
+    scores = []
+    for k in torch.unique(fake_y).tolist():
+        r, f = real.features[real_y == k], fake.features[fake_y == k]
+        if len(r) >= 2 and len(f) >= 2:
+            scores.append(fid(r, f))
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def conditional_metrics(real: FeatureSet, fake: FeatureSet) -> dict[str, float]:
+    """label_accuracy and intra_fid of fakes generated for `fake.labels`, against reals with true labels."""
+    if fake.labels is None or len(fake.labels) != len(fake):
+        raise ValueError("conditional metrics need one requested label per generated sample")
+    return {"label_accuracy": label_accuracy(fake.logits, fake.labels), "intra_fid": intra_fid(real, fake)}
+
+
 def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dict[str, float]:
     """All scores of `fake` against `real`.
 
-    Keys: fid, kid, kid_std, is, is_std, precision, recall, classes, class_kl, n. FID uses every real
-    feature; precision/recall use a seeded random subset of the reals as large as the fake set, so both
+    Keys: fid, kid, kid_std, is, is_std, precision, recall, classes, class_kl, n; and, when `fake.labels`
+    (the requested classes) is set, label_accuracy and intra_fid (which need `real.labels`). FID uses every
+    real feature; precision/recall use a seeded random subset of the reals as large as the fake set, so both
     manifolds are estimated from equally many points.
     """
     n = len(fake)
@@ -181,4 +215,6 @@ def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dic
         "class_kl": class_kl,
         "n": n,
     }
+    if fake.labels is not None:
+        out.update(conditional_metrics(real, fake))
     return out

@@ -34,13 +34,8 @@ def samples_layout(shape: tuple[int, ...], expected: tuple[int, int, int]) -> st
     return None
 
 
-def load_samples(path: str | Path, n: int | None = None,
-                 expected: tuple[int, int, int] | None = MNIST_SHAPE) -> np.ndarray:
-    """The first n uint8 images of an .npz with key `images`, checked against the classifier's input shape
-    `expected` = (C, H, W) (default MNIST's; None: any size). Accepts N x H x W, N x 1 x H x W,
-    N x H x W x 3 and N x 3 x H x W; returns N x H x W (one channel) or N x 3 x H x W. UserError (one
-    line, naming the file's shape and the classifier's) if malformed."""
-    path = Path(path)
+def _read_npz(path: Path, with_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """`images` of a samples file, and its `labels` (None when absent or not asked for); UserError if unreadable."""
     if not path.is_file():
         raise UserError(f"samples file {path} not found; {FORMAT_HINT}")
     try:
@@ -49,10 +44,30 @@ def load_samples(path: str | Path, n: int | None = None,
                 raise UserError(f"{path} has no array 'images' (it has: {', '.join(npz.files) or 'nothing'}); "
                                 f"{FORMAT_HINT}")
             images = npz["images"]
+            labels = npz["labels"] if with_labels and "labels" in npz.files else None
     except UserError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"cannot read {path} as .npz ({type(e).__name__}); {FORMAT_HINT}") from None
+    return images, labels
+
+
+def load_samples(path: str | Path, n: int | None = None,
+                 expected: tuple[int, int, int] | None = MNIST_SHAPE) -> np.ndarray:
+    """The first n uint8 images of an .npz with key `images`, checked against the classifier's input shape
+    `expected` = (C, H, W) (default MNIST's; None: any size). Accepts N x H x W, N x 1 x H x W,
+    N x H x W x 3 and N x 3 x H x W; returns N x H x W (one channel) or N x 3 x H x W. UserError (one
+    line, naming the file's shape and the classifier's) if malformed."""
+    return load_labelled_samples(path, n, expected, with_labels=False)[0]
+
+
+def load_labelled_samples(path: str | Path, n: int | None = None,
+                          expected: tuple[int, int, int] | None = MNIST_SHAPE, *,
+                          with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """load_samples, plus the first n of the file's `labels` (int64 (N,), the classes the images were
+    generated for, as `distgan sample` writes for a conditional G), or None when the file has none."""
+    path = Path(path)
+    images, labels = _read_npz(path, with_labels)
     if images.dtype != np.uint8:
         raise UserError(f"{path}: 'images' has dtype {images.dtype}, expected uint8 (0..255); convert with "
                         f"((x.clip(-1, 1) + 1) * 127.5).round().astype(numpy.uint8)")
@@ -74,6 +89,8 @@ def load_samples(path: str | Path, n: int | None = None,
             c, h, w = expected
             want = f"{_dims((h, w, c))} or {_dims((c, h, w))} (the classifier's input {tuple(expected)})"
         raise UserError(f"{path}: 'images' has shape {shape}, expected {want}; {FORMAT_HINT}")
+    if labels is not None:
+        labels = _checked_labels(path, labels, len(images))
     if n is not None:
         images = images[:n]
     if layout == "NHWC":
@@ -82,7 +99,15 @@ def load_samples(path: str | Path, n: int | None = None,
         images = images[:, 0]
     if len(images) < 2:
         raise UserError(f"{path}: {len(images)} image(s); scoring needs at least 2")
-    return images
+    return images, (labels[: len(images)] if labels is not None else None)
+
+
+def _checked_labels(path: Path, labels: np.ndarray, count: int) -> np.ndarray:
+    """A samples file's `labels` as int64; UserError unless they are `count` integers, one per image."""
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != count:
+        raise UserError(f"{path}: 'labels' has dtype {labels.dtype} and shape {tuple(labels.shape)}; expected "
+                        f"{count} integers, the class of each image (or no 'labels' array)")
+    return labels.astype(np.int64)
 
 
 def resolve_paths(shards: str | Path | None, classifier: str | Path | None) -> tuple[Path, Path | None]:
@@ -125,6 +150,11 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("classes", "classes", "", "d"),
     ("class KL", "class_kl", "", ".4f"),
 ]
+# shown for class-conditional results only (samples generated for requested classes)
+CONDITIONAL_ROWS: list[tuple[str, str, str, str]] = [
+    ("label accuracy", "label_accuracy", "", ".3f"),
+    ("intra-class FID", "intra_fid", "", ".3f"),
+]
 
 
 def _cell(scores: dict[str, Any], key: str, std: str, fmt: str) -> str:
@@ -145,7 +175,8 @@ def format_table(scores: dict[str, Any], reference: dict[str, Any],
     names the Inception Score row."""
     ref_head = f"real train vs test (n={int(reference['n'])})" if reference else "real train vs test"
     lines = [f"{'metric':<16} {'score':>22}   {ref_head}"]
-    for label, key, std, fmt in ROWS:
+    rows = ROWS + (CONDITIONAL_ROWS if "label_accuracy" in scores else [])
+    for label, key, std, fmt in rows:
         label = is_label(input_shape) if key == "is" else label
         lines.append(f"{label:<16} {_cell(scores, key, std, fmt):>22}   {_cell(reference, key, std, fmt)}")
     return "\n".join(lines)
@@ -156,7 +187,8 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
           seed: int = 0, batch_size: int = 500) -> dict[str, Any]:
     """Collective: score a checkpoint's EMA G (n samples from `seed`) or a samples file (its first n).
 
-    Returns the scores plus `classifier_sha256`, `classifier_input_shape` ([C, H, W]), `num_classes`,
+    A conditional G, or a samples file with `labels`, also gets label_accuracy and intra_fid. Returns the
+    scores plus `classifier_sha256`, `classifier_input_shape` ([C, H, W]), `num_classes`,
     `reference` (real train vs test), `source`, `real` (what the samples were compared with) and
     `num_processes`; the same dict on every rank.
     """
@@ -168,11 +200,11 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
         raise UserError("score either a checkpoint or a samples file")
     classifier_path, test_split = resolve_paths(shards, classifier)
     clf = load_classifier(classifier_path)
-    images = load_samples(samples, n, clf.input_shape) if samples is not None else None
+    images, labels = load_labelled_samples(samples, n, clf.input_shape) if samples is not None else (None, None)
     common = dict(classifier_path=classifier_path, test_split=test_split, seed=seed, batch_size=batch_size)
     if images is not None:
-        source = f"{len(images)} images from {samples}"
-        scores = evaluate_images(accelerator, images, **common)
+        source = f"{len(images)} {'labelled ' if labels is not None else ''}images from {samples}"
+        scores = evaluate_images(accelerator, images, labels=labels, **common)
     else:
         from distgan.training.sampling import load_generator
 
@@ -224,10 +256,11 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
         images = load_samples(samples, n, expected=None)
         source = f"{len(images)} images from {samples}"
     else:
-        from distgan.training.sampling import load_generator, sample_images
+        from distgan.training.sampling import class_freqs_of, eval_labels, load_generator, num_classes_of, sample_images
 
         generator, _ = load_generator(checkpoint, device)
-        images = sample_images(generator, n, seed).numpy()
+        labels = eval_labels(class_freqs_of(generator), n, seed) if num_classes_of(generator) else None
+        images = sample_images(generator, n, seed, labels).numpy()
         images = images.transpose(0, 3, 1, 2) if images.ndim == 4 else images  # N x H x W x C -> N x C x H x W
         source = f"{n} samples (seed {seed}) from {checkpoint}"
     n = len(images)

@@ -3,12 +3,15 @@
 Layout of an export folder (`distgan export --checkpoint RUN_OR_CKPT --out DIR`):
 - `model.safetensors`: the EMA generator's state_dict;
 - `config.json`: `{"format": "distgan-generator/1", "arch", "z_dim", "image_shape": [C, H, W],
-  "num_classes" (conditional generators only), "model": {the model config}, "step", "weights_sha256",
-  "scores", "classifier_sha256", "data_manifest_sha256", "source", "onnx"}`;
+  "conditional": true and "num_classes": K (conditional generators only), "model": {the model config},
+  "step", "weights_sha256", "scores", "classifier_sha256", "data_manifest_sha256", "source", "onnx"}`;
 - `training_config.yaml`: the resolved config the run was trained with;
-- `samples.png`: an 8x8 grid of samples (noise seed 0);
-- `README.md`: a model card (front matter for the Hugging Face Hub, samples, scores, hashes, config);
-- `generator.onnx` (with `--onnx`): input `z` (B, z_dim) float32, output `images` (B, C, H, W) in [-1, 1].
+- `samples.png`: an 8x8 grid of samples (noise seed 0); for a conditional generator, one row of 8 per class;
+- `README.md`: a model card (front matter for the Hugging Face Hub, samples, usage, scores, hashes, config);
+- `generator.onnx` (with `--onnx`): input `z` (B, z_dim) float32 (and, for a conditional generator, `labels`
+  (B,) int64 in 0..K-1), output `images` (B, C, H, W) in [-1, 1].
+
+A conditional generator's weights include its training class frequencies (`inputs.class_freqs`).
 
 The folder is written under a temporary name beside DIR and renamed into place, so DIR is either the
 complete previous export or the complete new one.
@@ -111,20 +114,19 @@ def generator_image_shape(generator: torch.nn.Module) -> tuple[int, int, int]:
 
 
 def sample_grid(generator: torch.nn.Module, n: int = 64, seed: int = 0, pad: int = 2) -> Image.Image:
-    """A square-ish grid of `n` samples of `generator` (noise from `seed`), grayscale or RGB."""
-    from distgan.training.sampling import fixed_noise
+    """A square-ish grid of `n` samples of `generator` (noise from `seed`), grayscale or RGB; for a
+    conditional generator, one row of ceil(sqrt(n)) samples per class."""
+    from distgan.training.sampling import class_grid, fixed_noise, generate_images, grid_inputs, num_classes_of
+    from distgan.training.tracking import grid_image
 
-    with torch.no_grad():
-        x = generator(fixed_noise(n, int(generator.z_dim), seed)).float().clamp(-1, 1)
-    images = ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # N, H, W, C
-    _, h, w, c = images.shape
-    nrow = math.ceil(math.sqrt(n))
-    rows = -(-n // nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
-    return Image.fromarray(grid[..., 0], mode="L") if c == 1 else Image.fromarray(grid, mode="RGB")
+    z_dim = int(generator.z_dim)
+    if num_classes_of(generator):
+        z, labels = grid_inputs(generator, math.ceil(math.sqrt(n)), z_dim, seed)
+        grid = class_grid(generate_images(generator, z, labels).numpy(), labels, pad=pad)
+    else:
+        images = generate_images(generator, fixed_noise(n, z_dim, seed)).numpy()  # N, H, W[, C]
+        grid = grid_image(images, nrow=math.ceil(math.sqrt(n)), pad=pad)
+    return Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB")
 
 
 def manifest_sha256(data_dir: str | Path) -> str | None:
@@ -149,15 +151,26 @@ def metrics_at(run_dir: Path, step: int) -> dict[str, float]:
     return found
 
 
+def onnx_inputs(generator: torch.nn.Module, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Example inputs of the ONNX graph by name: `z` (batch, z_dim) and, for a conditional G, `labels` (batch,)."""
+    from distgan.training.sampling import cycle_labels, fixed_noise, num_classes_of
+
+    inputs = {"z": fixed_noise(batch, int(generator.z_dim), seed)}
+    if num_classes_of(generator):
+        inputs["labels"] = cycle_labels(batch, num_classes_of(generator))
+    return inputs
+
+
 def export_onnx(generator: torch.nn.Module, path: Path) -> None:
-    """Write `generator` as ONNX (input `z` with a dynamic batch, output `images`) to `path`, one file."""
+    """Write `generator` as ONNX (input `z`, and `labels` for a conditional G, with a dynamic batch; output
+    `images`) to `path`, one file."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise UserError(f"--onnx needs the export extra ({e.name} is not installed): {EXPORT_EXTRA_HINT}") from None
     g = generator.cpu().eval()
-    z = torch.randn(2, int(g.z_dim))
+    inputs = onnx_inputs(g, 2)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     # The exporter prints its progress, warns about torch internals and logs "torchvision is not installed.
     # Skipping torchvision::nms": keep the CLI's output to its own lines.
@@ -167,8 +180,9 @@ def export_onnx(generator: torch.nn.Module, path: Path) -> None:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(g, (z,), str(path), input_names=["z"], output_names=["images"], dynamo=True,
-                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+            torch.onnx.export(g, tuple(inputs.values()), str(path), input_names=list(inputs),
+                              output_names=["images"], dynamo=True,
+                              dynamic_shapes=tuple({0: batch} for _ in inputs), external_data=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; one line names it
         raise UserError(f"ONNX export of the generator failed: {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:200]}") from None
@@ -185,19 +199,30 @@ def model_card(meta: dict[str, Any], config_yaml: str) -> str:
     """The README.md of an export folder: Hub front matter, samples, usage, scores with hashes, config."""
     c, h, w = meta["image_shape"]
     scores = meta.get("scores") or {}
+    k = meta.get("num_classes")
     lines = [
         "---", "library_name: pytorch", "tags:", "- gan", "- distgan", "- image-generation", "---", "",
         f"# distgan {meta['arch']} generator ({c}x{h}x{w})", "",
         f"The EMA generator of a distgan run after {meta.get('step', '?')} steps: `z` ({meta['z_dim']} "
         f"standard normal values) to images of {c} channel(s), {h}x{w} pixels, in [-1, 1]."
-        + (f" Conditional on {meta['num_classes']} classes." if meta.get("num_classes") else ""), "",
-        f"![samples]({SAMPLES_PNG})", "",
+        + (f" Conditional on {k} classes: it also takes labels `y` (B,), integers 0..{k - 1}." if k else ""), "",
+        f"![samples]({SAMPLES_PNG})" + (" (one row per class)" if k else ""), "",
         "## Use", "", "```python",
         "from distgan import load_generator, sample_images", "",
         'g, cfg = load_generator("THIS_FOLDER")   # also: distgan sample --checkpoint THIS_FOLDER ...',
-        "images = sample_images(g, 16, seed=0)    # uint8", "```", "",
     ]
-    if meta.get("onnx"):
+    if k:
+        lines += ["images = sample_images(g, 16, seed=0, labels=[3] * 16)  # uint8, 16 of class 3",
+                  f"# without labels: every class in turn; in PyTorch: g(z, y), y a LongTensor (B,) in 0..{k - 1}",
+                  "```", "",
+                  "From the command line: `distgan sample --checkpoint THIS_FOLDER --labels 3` (or `all`, or "
+                  "`0,2,5`); the npz has `images` and `labels`.", ""]
+    else:
+        lines += ["images = sample_images(g, 16, seed=0)    # uint8", "```", ""]
+    if meta.get("onnx") and k:
+        lines += ["With ONNX Runtime only: `onnxruntime.InferenceSession(\"generator.onnx\").run(None, "
+                  f"{{\"z\": z, \"labels\": y}})[0]` (z: float32, B x z_dim; y: int64, B, in 0..{k - 1}).", ""]
+    elif meta.get("onnx"):
         lines += ["With ONNX Runtime only: `onnxruntime.InferenceSession(\"generator.onnx\").run(None, "
                   "{\"z\": z})[0]` (z: float32, B x z_dim).", ""]
     lines += ["## Scores", ""]
@@ -273,7 +298,7 @@ def write_export(out: str | Path, generator: torch.nn.Module, cfg: Config, *, st
         meta["model"]["image_shape"] = list(shape)
     num_classes = getattr(generator, "num_classes", None)
     if num_classes:
-        meta["num_classes"] = int(num_classes)
+        meta["conditional"], meta["num_classes"] = True, int(num_classes)
 
     def write(tmp: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()},
@@ -379,10 +404,10 @@ def onnx_parity(folder: str | Path, batch_sizes: Sequence[int] = (1, 5), seed: i
     session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), providers=["CPUExecutionProvider"])
     worst = 0.0
     for b in batch_sizes:
-        z = torch.randn(b, int(g.z_dim), generator=torch.Generator().manual_seed(seed + b))
+        inputs = onnx_inputs(g, b, seed + b)
         with torch.no_grad():
-            ref = g(z).numpy()
-        got = session.run(["images"], {"z": z.numpy()})[0]
+            ref = g(*inputs.values()).numpy()
+        got = session.run(["images"], {k: v.numpy() for k, v in inputs.items()})[0]
         if got.shape != ref.shape:
             raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))

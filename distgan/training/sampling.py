@@ -1,8 +1,14 @@
-"""`distgan sample`: images from a checkpoint's EMA generator, and the helpers to load and run it."""
+"""`distgan sample`: images from a checkpoint's EMA generator, and the helpers to load and run it.
+
+A class-conditional generator (`num_classes` K > 0) takes labels (B,) in 0..K-1 beside z; `parse_labels`
+reads `--labels all|K|K1,K2,...`, `eval_labels` draws labels in the training set's class frequencies,
+and `class_grid` / `grid_inputs` lay samples out one row per class.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +23,13 @@ from distgan.training.checkpoint import EMA_FILE, resolve_checkpoint, saved_conf
 from distgan.training.models import build_generator
 from distgan.training.tracking import grid_image, save_png
 
+LabelsLike = torch.Tensor | np.ndarray | Sequence[int]
+
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """The EMA generator (eval mode) and config of a checkpoint directory, a run directory's latest, or a
-    folder written by `distgan export` (distgan.training.export)."""
+    folder written by `distgan export` (distgan.training.export). A conditional G is rebuilt from the saved
+    `model.conditional`/`model.num_classes`; its class frequencies come with its weights."""
 
     from distgan.training.export import is_export_dir, load_exported
 
@@ -33,42 +42,177 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     return g.to(device).eval(), cfg
 
 
+def num_classes_of(generator: torch.nn.Module) -> int:
+    """K of a conditional generator, 0 for an unconditional one (or one without the attribute)."""
+    return int(getattr(generator, "num_classes", 0) or 0)
+
+
+def class_freqs_of(generator: torch.nn.Module) -> torch.Tensor:
+    """The training class frequencies (K,) a conditional G carries (`inputs.class_freqs`); uniform if absent."""
+    freqs = getattr(getattr(generator, "inputs", None), "class_freqs", None)
+    k = num_classes_of(generator)
+    return freqs.detach().cpu() if freqs is not None else torch.full((k,), 1.0 / max(k, 1))
+
+
 def fixed_noise(n: int, z_dim: int, seed: int) -> torch.Tensor:
     """n noise vectors from `seed` alone (CPU generator), whatever the device or world size."""
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
-def sample_images(generator: torch.nn.Module, n: int, seed: int = 0) -> torch.Tensor:
-    """uint8 images (N, H, W) or (N, H, W, C) on the CPU from the fixed noise of `seed` (the same on any device)."""
-    return generate_images(generator, fixed_noise(n, int(generator.z_dim), seed))
+def cycle_labels(n: int, num_classes: int) -> torch.Tensor:
+    """Labels 0, 1, ..., K-1, 0, 1, ... (n of them): every class in turn."""
+    return torch.arange(n, dtype=torch.long) % num_classes
+
+
+def parse_labels(spec: str, num_classes: int, n: int) -> torch.Tensor:
+    """The n labels of `--labels`: "all" (every class in turn: i % K), "K" (all K) or "K1,K2,..." (cycled to n).
+
+    UserError (one line) for an unconditional generator (num_classes 0), a malformed spec or a class out of
+    0..K-1."""
+    spec = spec.strip()
+    if num_classes < 1:
+        raise UserError(f"--labels {spec}: this generator is unconditional (no classes); drop --labels")
+    valid = f"use all, one class K or K1,K2,... with classes 0..{num_classes - 1}"
+    if spec.lower() == "all":
+        return cycle_labels(n, num_classes)
+    parts = [p.strip() for p in spec.split(",")]
+    try:
+        classes = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--labels {spec!r} is not understood; {valid}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"--labels {spec}: class {bad[0]} is out of range; {valid}")
+    return torch.tensor(classes, dtype=torch.long)[torch.arange(n) % len(classes)]
+
+
+def eval_labels(class_freqs: torch.Tensor | Sequence[float], n: int, seed: int) -> torch.Tensor:
+    """n labels whose class counts follow `class_freqs` exactly (largest-remainder allocation of n; ties
+    go to the lower class), shuffled by a CPU generator seeded with `seed`: the same on any device and
+    world size."""
+    freqs = torch.as_tensor(class_freqs, dtype=torch.float64).cpu()
+    if freqs.dim() != 1 or len(freqs) < 1 or not bool(torch.isfinite(freqs).all()) or bool((freqs < 0).any()) \
+            or float(freqs.sum()) <= 0:
+        raise ValueError(f"class frequencies must be a non-negative vector with a positive sum, got {freqs.tolist()}")
+    quotas = freqs / freqs.sum() * n
+    counts = quotas.floor().long()
+    remainders = (quotas - counts).tolist()
+    short = n - int(counts.sum())
+    by_remainder = sorted(range(len(freqs)), key=lambda k: (-remainders[k], k))  # stable, lower class first
+    for k in by_remainder[:short]:
+        counts[k] += 1
+    labels = torch.repeat_interleave(torch.arange(len(freqs)), counts)
+    return labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+
+
+def check_labels(generator: torch.nn.Module, n: int, labels: LabelsLike | None) -> torch.Tensor | None:
+    """`labels` as a CPU LongTensor (n,) checked against the generator: required (values 0..K-1) for a
+    conditional G, refused for an unconditional one. UserError (one line) otherwise."""
+    k = num_classes_of(generator)
+    if k == 0:
+        if labels is not None:
+            raise UserError("this generator is unconditional: it takes no class labels")
+        return None
+    if labels is None:
+        raise UserError(f"this generator is class-conditional ({k} classes): pass labels, one per sample, "
+                        f"in 0..{k - 1}")
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
+    if y.dim() != 1 or len(y) != n or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise UserError(f"labels must be integers of shape ({n},), got {y.dtype} of shape {tuple(y.shape)}")
+    y = y.long()
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise UserError(f"labels range from {int(y.min())} to {int(y.max())}; this generator's classes are "
+                        f"0..{k - 1}")
+    return y
+
+
+def sample_images(generator: torch.nn.Module, n: int, seed: int = 0, labels: LabelsLike | None = None) -> torch.Tensor:
+    """uint8 images (N, H, W) or (N, H, W, C) on the CPU from the fixed noise of `seed` (the same on any device).
+
+    A conditional G without `labels` draws every class in turn (sample i is class i % K)."""
+    if labels is None and num_classes_of(generator):
+        labels = cycle_labels(n, num_classes_of(generator))
+    return generate_images(generator, fixed_noise(n, int(generator.z_dim), seed), labels)
 
 
 @torch.no_grad()
-def generate_images(generator: torch.nn.Module, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 images on the CPU from noise `z`, in batches: (N, H, W) for one channel, (N, H, W, C) otherwise
-    (the layout of image files and of `distgan sample`'s npz)."""
+def generate_images(generator: torch.nn.Module, z: torch.Tensor, labels: LabelsLike | None = None,
+                    batch_size: int = 500) -> torch.Tensor:
+    """uint8 images on the CPU from noise `z` (and, for a conditional G, `labels` (N,) in 0..K-1, which it
+    requires), in batches: (N, H, W) for one channel, (N, H, W, C) otherwise (the layout of image files
+    and of `distgan sample`'s npz)."""
+    y = check_labels(generator, len(z), labels)
     device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()
-    out = [to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)]
-    generator.train(was_training)
+    out = []
+    try:
+        for i, chunk in enumerate(z.split(batch_size)):
+            if y is None:
+                out.append(to_uint8(generator(chunk.to(device))).cpu())
+            else:
+                part = y[i * batch_size: i * batch_size + len(chunk)].to(device)
+                out.append(to_uint8(generator(chunk.to(device), part)).cpu())
+    finally:
+        generator.train(was_training)
     images = torch.cat(out) if out else torch.empty(0, *generator.image_shape[1:], dtype=torch.uint8)
     return images.permute(0, 2, 3, 1).contiguous() if images.dim() == 4 else images
 
 
+def class_grid(images: np.ndarray | torch.Tensor, labels: LabelsLike, pad: int = 2) -> np.ndarray:
+    """A uint8 grid (grid_image's layout) with one row per class present in `labels`, in class order: the
+    images of each class in their given order (a stable sort by label), as many columns as the largest
+    class has images, empty cells black."""
+    images = np.asarray(images)
+    y = np.asarray(labels).astype(np.int64)
+    if len(y) != len(images):
+        raise ValueError(f"{len(images)} images but {len(y)} labels")
+    if len(y) == 0:
+        return grid_image(images, nrow=1, pad=pad)
+    order = np.argsort(y, kind="stable")
+    classes, first, counts = np.unique(y[order], return_index=True, return_counts=True)
+    ncol = int(counts.max())
+    cells = np.zeros((len(classes) * ncol, *images.shape[1:]), dtype=images.dtype)
+    for row, (start, count) in enumerate(zip(first, counts, strict=True)):
+        cells[row * ncol: row * ncol + count] = images[order[start:start + count]]
+    return grid_image(cells, nrow=ncol, pad=pad)
+
+
+def grid_inputs(generator: torch.nn.Module, grid_size: int, z_dim: int, seed: int) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor | None]:
+    """The fixed inputs of the trainer's sample grid: for a conditional G, K rows of `grid_size` (row k is
+    class k), noise `fixed_noise(K * grid_size, z_dim, seed)`; else grid_size**2 noise rows and None."""
+    k = num_classes_of(generator)
+    if k == 0:
+        return fixed_noise(grid_size**2, z_dim, seed), None
+    return fixed_noise(k * grid_size, z_dim, seed), torch.arange(k).repeat_interleave(grid_size)
+
+
+def samples_grid(images: np.ndarray, labels: LabelsLike | None) -> np.ndarray:
+    """The grid of `distgan sample`: one row per class for labelled samples, else square-ish."""
+    if labels is not None:
+        return class_grid(images, labels)
+    return grid_image(images, nrow=int(np.ceil(np.sqrt(len(images)))))
+
+
 def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path, grid: str | Path | None = None,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+                  device: str | torch.device = "cpu", labels: str | None = None) -> np.ndarray:
     """Generate `n` images from a checkpoint's EMA G with noise from `seed`; write them to `out` (.npz, key
-    `images`) and optionally a PNG grid, both atomically. Returns the uint8 images."""
+    `images`, plus `labels` for a conditional G) and optionally a PNG grid (one row per class for a
+    conditional G), both atomically. `labels` is `--labels`' spec (default "all" for a conditional G; an
+    error for an unconditional one). Returns the uint8 images."""
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     if not str(out).endswith(".npz"):
         raise UserError(f"--out {out}: the output must be a .npz file")
     g, _ = load_generator(checkpoint, device)
-    images = sample_images(g, n, seed).numpy()
+    k = num_classes_of(g)
+    y = parse_labels(labels if labels is not None else "all", k, n) if (k or labels is not None) else None
+    images = sample_images(g, n, seed, y).numpy()
+    arrays = {"images": images} if y is None else {"images": images, "labels": y.numpy()}
     buf = io.BytesIO()
-    np.savez_compressed(buf, images=images)
+    np.savez_compressed(buf, **arrays)
     write_bytes_atomic(out, buf.getvalue())
     if grid:
-        save_png(Path(grid), grid_image(images, nrow=int(np.ceil(np.sqrt(len(images))))))
+        save_png(Path(grid), samples_grid(images, y))
     return images
