@@ -95,6 +95,10 @@ class ModelConfig(Section):
     g_width: StrictInt = Field(64, ge=1, le=MAX_CONV_WIDTH)  # dcgan: channels of G's widest conv layer / 2
     d_width: StrictInt = Field(64, ge=1, le=MAX_CONV_WIDTH)  # dcgan: channels of D's first conv layer
     spectral_norm: StrictBool = False  # on D's layers
+    # Class-conditional G (class embedding + conditional BatchNorm) and projection D; needs labelled data.
+    conditional: StrictBool = False
+    # K, for conditional models; null: the trainer takes it from the data's manifest (like image_shape)
+    num_classes: StrictInt | None = Field(None, ge=2, le=256)
     sync_batchnorm: StrictBool = True  # BatchNorm -> SyncBatchNorm when world size > 1 on GPUs
     # (C, H, W) of the images; null: the trainer takes it from the data's manifest and saves it with the run,
     # so a checkpoint alone can rebuild G. Set, it must agree with the data.
@@ -104,6 +108,34 @@ class ModelConfig(Section):
 class LossConfig(Section):
     kind: Literal["bce", "hinge", "wgan-gp"] = "bce"
     gp_weight: Real = Field(10.0, ge=0, le=1000)  # wgan-gp only; the usual value is 10
+    # R1 penalty (gamma / 2) E||grad_x D(x_real)||^2 on real images; 0 = off. Any loss; usual with hinge/bce.
+    r1_gamma: Real = Field(0.0, ge=0, le=10000)
+    r1_every: StrictInt = Field(16, ge=1, le=1000)  # lazy R1: every k D steps, weighted by k (StyleGAN2)
+
+
+AUGMENT_POLICIES = ("color", "translation", "cutout")
+
+
+class AugmentConfig(Section):
+    """Differentiable augmentation (DiffAugment) of every image D sees; distgan.training.augment."""
+
+    policy: str = ""  # comma-separated subset of color, translation, cutout; "" = off
+    translation_ratio: Real = Field(0.125, gt=0, le=0.5)  # largest shift, as a fraction of the image size
+    cutout_ratio: Real = Field(0.5, gt=0, le=1)  # side of the cut-out square, as a fraction of the size
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policies(cls, value: str) -> str:
+        names = [p.strip() for p in value.split(",") if p.strip()]
+        unknown = [p for p in names if p not in AUGMENT_POLICIES]
+        if unknown:
+            raise ValueError(f"unknown augmentation {unknown[0]!r}; use a comma-separated subset of "
+                             f"{', '.join(AUGMENT_POLICIES)} (or \"\" for none)")
+        return ",".join(dict.fromkeys(names))
+
+    def policy_list(self) -> list[str]:
+        """The policy's names, e.g. ["translation", "cutout"]."""
+        return [p for p in self.policy.split(",") if p]
 
 
 class TrainConfig(Section):
@@ -195,6 +227,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     ema: EmaConfig = EmaConfig()
     log: LogConfig = LogConfig()

@@ -83,8 +83,10 @@ def test_sample_command_writes_uint8_images_and_grid(mnist_shards, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["model.arch=dcgan", "model.g_width=8", "model.d_width=8",
-                                        "loss.kind=wgan-gp", "train.d_steps=2", "data.num_workers=2"]],
-                         ids=["mlp-bce", "dcgan-wgangp-2workers"])
+                                        "loss.kind=wgan-gp", "train.d_steps=2", "data.num_workers=2",
+                                        "model.conditional=true", "augment.policy=color,translation,cutout",
+                                        "loss.r1_gamma=1", "loss.r1_every=3"]],
+                         ids=["mlp-bce", "conditional-dcgan-wgangp-diffaugment-r1-2workers"])
 def test_resume_is_exact(mnist_shards, tmp_path, extra):
     """N steps straight == k steps, stop, resume to N (bitwise on CPU fp32), across an epoch boundary."""
     common = ["train.batch_size=1000", "checkpoint.every=5", "checkpoint.keep=10", *extra]  # 10 batches/epoch
@@ -105,9 +107,11 @@ def test_resume_is_exact(mnist_shards, tmp_path, extra):
 def test_mixed_precision_runs(mnist_shards, tmp_path, precision):
     run = tmp_path / "run"
     train(mnist_shards, run, f"mixed_precision={precision}", "model.arch=dcgan", "model.g_width=8",
-          "model.d_width=8", "train.steps=10")
+          "model.d_width=8", "train.steps=10", "model.conditional=true", "loss.kind=hinge", "loss.r1_gamma=1",
+          "loss.r1_every=2", "augment.policy=translation")
     rows = [r for r in wandb_history(run) if "loss/d" in r]
     assert rows and all(np.isfinite(r["loss/d"]) and np.isfinite(r["loss/g"]) for r in rows)
+    assert all(np.isfinite(r["loss/r1"]) and r["loss/r1"] > 0 for r in rows)  # R1 in float32 from a scaled output
     if precision == "fp16":
         assert rows[-1]["loss_scale/d"] > 0 and rows[-1]["loss_scale/g"] > 0
         scalers = json.loads((run / "checkpoints/step_0000010/trainer_state.json").read_text())["scalers"]

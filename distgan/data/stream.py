@@ -22,7 +22,8 @@ class DataPosition(Protocol):
 
 
 class BatchStream:
-    """Yields float images in [-1, 1] on the accelerator's device; advances `position.epoch/start_sample`."""
+    """Yields float images in [-1, 1] and their labels (-1: unlabelled) on the accelerator's device; advances
+    `position.epoch/start_sample`."""
 
     def __init__(self, train_split: Path, *, num_workers: int, batch_size: int, seed: int, accelerator: Any,
                  position: DataPosition) -> None:
@@ -41,15 +42,17 @@ class BatchStream:
                               seed=self.seed, epoch=self.position.epoch, start_sample=self.position.start_sample)
         return iter(loader)
 
-    def next_images(self) -> torch.Tensor:
-        """The next batch (B, C, H, W); at the end of an epoch the next epoch starts at sample 0."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch: images (B, C, H, W) and int64 labels (B,); at the end of an epoch the next epoch
+        starts at sample 0."""
         for _ in range(2):
             if self._batches is None:
                 self._batches = self._open()
             batch = next(self._batches, None)
             if batch is not None:
                 self.position.start_sample += self.global_batch
-                return to_signed(batch["image"].to(self.acc.device, non_blocking=True))
+                labels = torch.as_tensor(batch["label"]).to(self.acc.device, non_blocking=True)
+                return to_signed(batch["image"].to(self.acc.device, non_blocking=True)), labels
             self._batches = None
             self.position.epoch += 1
             self.position.start_sample = 0

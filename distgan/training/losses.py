@@ -1,4 +1,4 @@
-"""GAN losses on D's logits: non-saturating BCE, hinge, and WGAN with gradient penalty.
+"""GAN losses on D's logits: non-saturating BCE, hinge, WGAN with gradient penalty, and the R1 penalty.
 
 All are computed from logits in float32, so they are safe under autocast (BCELoss is not).
 """
@@ -47,3 +47,14 @@ def gradient_penalty(critic_out: torch.Tensor, inputs: torch.Tensor, loss_scale:
     grads = grads.float() / loss_scale
     norm = grads.flatten(1).norm(2, dim=1)
     return ((norm - 1.0) ** 2).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor, loss_scale: float = 1.0) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over the batch of ||d D(x) / d x||^2 at the real images `real`
+    (which must require grad and be upstream of `real_logits`), differentiable for the D update.
+
+    Computed in float32 from a scaled output under fp16, as gradient_penalty is.
+    """
+    (grads,) = torch.autograd.grad(real_logits.float().sum() * loss_scale, real, create_graph=True)
+    grads = grads.float() / loss_scale
+    return grads.flatten(1).square().sum(dim=1).mean()

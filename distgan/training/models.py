@@ -1,7 +1,15 @@
 """Generators and discriminators for images of shape (C, H, W).
 
-Every G maps z of shape (B, z_dim) to images (B, C, H, W) in [-1, 1] and has `z_dim` and
-`image_shape` attributes. Every D maps images (B, C, H, W) to one logit per image, shape (B,).
+Every G maps z of shape (B, z_dim) (and, when conditional, class labels (B,)) to images (B, C, H, W) in
+[-1, 1] and has `z_dim`, `image_shape` and `num_classes` attributes (0: unconditional). Every D maps images
+(B, C, H, W) (and labels, when conditional) to one logit per image, shape (B,).
+
+Class-conditional models (`model.conditional`):
+- G joins a learned class embedding to z; the DCGAN G also uses class-conditional BatchNorm (a per-class
+  scale and shift after a shared, affine-free BatchNorm; de Vries et al. 2017, as in SNGAN/BigGAN).
+- D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) + embed(y) . phi(x).
+- A conditional G keeps the training set's class frequencies in its `class_freqs` buffer, so a checkpoint
+  or an export alone can draw labels as the data has them.
 
 - MLP (the classic MNIST GAN): any shape; the image is flattened.
 - DCGAN: 28x28 (7 -> 14 -> 28, as for MNIST) and square powers of two from 16 to 128 (4 -> 8 -> ... ->
@@ -27,44 +35,104 @@ DCGAN_SIZES = (16, 28, 32, 64, 128)
 CHANNELS = (1, 3)
 
 
+CLASS_EMBED_DIM = 32  # width of G's class embedding, joined to z
+
+
 def _pixels(shape: Sequence[int]) -> int:
     return int(math.prod(shape))
+
+
+class ClassInput(nn.Module):
+    """G's input: z, or z joined to a learned embedding of the class; holds the class frequencies."""
+
+    def __init__(self, z_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, CLASS_EMBED_DIM) if num_classes else None
+        self.width = z_dim + (CLASS_EMBED_DIM if num_classes else 0)
+        if num_classes:
+            self.register_buffer("class_freqs", torch.full((num_classes,), 1.0 / num_classes))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.embed is None:
+            return z
+        if labels is None:
+            raise ValueError("this generator is class-conditional: pass labels (B,) with values 0..K-1")
+        return torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine, then a per-class scale (init 1) and shift (init 0)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
+
+
+class Projection(nn.Module):
+    """The projection term embed(y) . phi(x) of a projection discriminator (zero without classes)."""
+
+    def __init__(self, features: int, num_classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, features) if num_classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+
+    def forward(self, phi: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | float:
+        if self.embed is None:
+            return 0.0
+        if labels is None:
+            raise ValueError("this discriminator is class-conditional: pass labels (B,) with values 0..K-1")
+        return (self.embed(labels).to(phi.dtype) * phi).sum(dim=1)
 
 
 class MLPGenerator(nn.Module):
     """The classic MNIST GAN generator: z -> 256 -> 512 -> 1024 -> C*H*W, LeakyReLU(0.2), tanh output."""
 
     def __init__(self, z_dim: int = 100, hidden: Sequence[int] = (256, 512, 1024),
-                 image_shape: Sequence[int] = MNIST_SHAPE) -> None:
+                 image_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 0) -> None:
         super().__init__()
-        self.z_dim, self.image_shape = z_dim, tuple(image_shape)
+        self.z_dim, self.image_shape, self.num_classes = z_dim, tuple(image_shape), num_classes
+        self.inputs = ClassInput(z_dim, num_classes)
         layers: list[nn.Module] = []
-        width = z_dim
+        width = self.inputs.width
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
             width = h
         layers += [nn.Linear(width, _pixels(self.image_shape)), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, *self.image_shape)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.inputs(z, labels)).view(-1, *self.image_shape)
 
 
 class MLPDiscriminator(nn.Module):
     """The classic MNIST GAN discriminator: C*H*W -> 1024 -> 512 -> 256 -> 1 logit, LeakyReLU(0.2)."""
 
-    def __init__(self, hidden: Sequence[int] = (1024, 512, 256), image_shape: Sequence[int] = MNIST_SHAPE) -> None:
+    def __init__(self, hidden: Sequence[int] = (1024, 512, 256), image_shape: Sequence[int] = MNIST_SHAPE,
+                 num_classes: int = 0) -> None:
         super().__init__()
+        self.num_classes = num_classes
         layers: list[nn.Module] = []
         width = _pixels(image_shape)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
             width = h
-        layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.out = nn.Linear(width, 1)
+        self.project = Projection(width, num_classes)
+        self._register_load_state_dict_pre_hook(_rename_legacy_discriminator_keys)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1)).squeeze(1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        phi = self.net(x.flatten(1))
+        return self.out(phi).squeeze(1) + self.project(phi, labels)
 
 
 def _dcgan_plan(image_shape: Sequence[int]) -> tuple[int, int]:
@@ -81,37 +149,79 @@ def _dcgan_plan(image_shape: Sequence[int]) -> tuple[int, int]:
 class DCGANGenerator(nn.Module):
     """Convolutional G: z -> (w_0, s, s) -> ... -> (C, H, W); BatchNorm + ReLU, stride-2 transposed convs.
 
-    For 28x28 (s = 7, two upsamplings, w_0 = 2w) this is exactly distgan's MNIST DCGAN.
+    For 28x28 (s = 7, two upsamplings, w_0 = 2w) this is exactly distgan's MNIST DCGAN. Conditional: the
+    class embedding is joined to z and every BatchNorm2d after an upsampling is class-conditional.
     """
 
-    def __init__(self, z_dim: int = 100, width: int = 64, image_shape: Sequence[int] = MNIST_SHAPE) -> None:
+    def __init__(self, z_dim: int = 100, width: int = 64, image_shape: Sequence[int] = MNIST_SHAPE,
+                 num_classes: int = 0) -> None:
         super().__init__()
-        self.z_dim, self.width, self.image_shape = z_dim, width, tuple(image_shape)
+        self.z_dim, self.width, self.image_shape, self.num_classes = z_dim, width, tuple(image_shape), num_classes
         self.start, levels = _dcgan_plan(self.image_shape)
         widths = [width * min(2 ** (levels - 1 - i), 8) for i in range(levels)]  # ..., 4w, 2w, w
         self.top = widths[0]
-        self.project = nn.Sequential(nn.Linear(z_dim, self.top * self.start**2, bias=False),
+        self.inputs = ClassInput(z_dim, num_classes)
+        self.project = nn.Sequential(nn.Linear(self.inputs.width, self.top * self.start**2, bias=False),
                                      nn.BatchNorm1d(self.top * self.start**2), nn.ReLU(True))
-        layers: list[nn.Module] = []
+        self.blocks = nn.ModuleList()
         c_in = self.top
         for c_out in widths[1:]:
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+            self.blocks.append(UpBlock(c_in, c_out, num_classes))
             c_in = c_out
-        layers += [nn.ConvTranspose2d(c_in, self.image_shape[0], 4, 2, 1), nn.Tanh()]
-        self.up = nn.Sequential(*layers)
+        self.to_image = nn.ConvTranspose2d(c_in, self.image_shape[0], 4, 2, 1)
+        self._register_load_state_dict_pre_hook(_rename_legacy_generator_keys)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.up(self.project(z).view(-1, self.top, self.start, self.start))
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.project(self.inputs(z, labels)).view(-1, self.top, self.start, self.start)
+        for block in self.blocks:
+            x = block(x, labels)
+        return torch.tanh(self.to_image(x))
+
+
+class UpBlock(nn.Module):
+    """Stride-2 transposed conv, BatchNorm (class-conditional when there are classes), ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
+        self.norm = ConditionalBatchNorm2d(c_out, num_classes) if num_classes else nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        x = self.conv(x)
+        return torch.relu(self.norm(x, labels) if isinstance(self.norm, ConditionalBatchNorm2d) else self.norm(x))
+
+
+def _rename_legacy_generator_keys(state: dict, prefix: str, *_: object) -> None:
+    """Checkpoints before conditional models held the DCGAN G's upsampling as one Sequential `up`
+    (conv, BN, ReLU per block, then the output conv and tanh): rename its keys to `blocks`/`to_image`."""
+    legacy = sorted({int(k[len(prefix) + 3:].split(".")[0]) for k in state if k.startswith(prefix + "up.")})
+    for idx in legacy:
+        block, part = divmod(idx, 3)
+        new = "to_image." if idx == legacy[-1] else f"blocks.{block}.{('conv', 'norm')[part]}."
+        for key in [k for k in state if k.startswith(f"{prefix}up.{idx}.")]:
+            state[prefix + new + key[len(f"{prefix}up.{idx}."):]] = state.pop(key)
+
+
+def _rename_legacy_discriminator_keys(state: dict, prefix: str, *_: object) -> None:
+    """Checkpoints before conditional models held D's output Linear as the last entry of `net`: move it to `out`."""
+    indices = {int(k[len(prefix) + 4:].split(".")[0]) for k in state if k.startswith(prefix + "net.")}
+    if not indices or any(k.startswith(prefix + "out.") for k in state):
+        return
+    last = max(indices)
+    for key in [k for k in state if k.startswith(f"{prefix}net.{last}.")]:
+        state[f"{prefix}out." + key[len(f"{prefix}net.{last}."):]] = state.pop(key)
 
 
 class DCGANDiscriminator(nn.Module):
     """Convolutional D: (C, H, W) -> (w, H/2) -> (2w, H/4) -> ... -> (., s, s) -> logit; LeakyReLU(0.2).
 
-    No BatchNorm: it is wrong for WGAN-GP's per-sample penalty, and spectral norm can replace it.
+    No BatchNorm: it is wrong for WGAN-GP's per-sample penalty and R1, and spectral norm can replace it.
+    Conditional: a projection term on the flattened last features.
     """
 
-    def __init__(self, width: int = 64, image_shape: Sequence[int] = MNIST_SHAPE) -> None:
+    def __init__(self, width: int = 64, image_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 0) -> None:
         super().__init__()
+        self.num_classes = num_classes
         start, levels = _dcgan_plan(image_shape)
         layers: list[nn.Module] = []
         c_in = image_shape[0]
@@ -119,42 +229,58 @@ class DCGANDiscriminator(nn.Module):
             c_out = width * min(2**i, 8)
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2, True)]
             c_in = c_out
-        layers += [nn.Flatten(), nn.Linear(c_in * start * start, 1)]
+        layers.append(nn.Flatten())
         self.net = nn.Sequential(*layers)
+        self.out = nn.Linear(c_in * start * start, 1)
+        self.project = Projection(c_in * start * start, num_classes)
+        self._register_load_state_dict_pre_hook(_rename_legacy_discriminator_keys)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        phi = self.net(x)
+        return self.out(phi).squeeze(1) + self.project(phi, labels)
 
 
 def _dcgan_init(module: nn.Module) -> None:
     """DCGAN's N(0, 0.02) init for conv/linear weights and N(1, 0.02) for BatchNorm scales."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):  # not the class embeddings
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
 
+def model_classes(cfg: ModelConfig) -> int:
+    """K for a conditional model (`model.num_classes`, filled in from the data), 0 for an unconditional one."""
+    if not cfg.conditional:
+        return 0
+    if not cfg.num_classes:
+        raise UserError("model.conditional=true needs a labelled dataset (model.num_classes is taken from the "
+                        "data's manifest); prepare the data with labels or set model.conditional=false")
+    return int(cfg.num_classes)
+
+
 def build_generator(cfg: ModelConfig, image_shape: Sequence[int] = MNIST_SHAPE) -> nn.Module:
     """The generator named by `cfg.arch`, for images of `image_shape` (C, H, W)."""
+    k = model_classes(cfg)
     if cfg.arch == "mlp":
-        return MLPGenerator(cfg.z_dim, cfg.g_hidden, image_shape)
-    g = DCGANGenerator(cfg.z_dim, cfg.g_width, image_shape)
+        return MLPGenerator(cfg.z_dim, cfg.g_hidden, image_shape, k)
+    g = DCGANGenerator(cfg.z_dim, cfg.g_width, image_shape, k)
     g.apply(_dcgan_init)
     return g
 
 
 def build_discriminator(cfg: ModelConfig, image_shape: Sequence[int] = MNIST_SHAPE) -> nn.Module:
     """The discriminator named by `cfg.arch`, for images of `image_shape` (C, H, W)."""
+    k = model_classes(cfg)
     if cfg.arch == "mlp":
-        d: nn.Module = MLPDiscriminator(cfg.d_hidden, image_shape)
+        d: nn.Module = MLPDiscriminator(cfg.d_hidden, image_shape, k)
     else:
-        d = DCGANDiscriminator(cfg.d_width, image_shape)
+        d = DCGANDiscriminator(cfg.d_width, image_shape, k)
         d.apply(_dcgan_init)
     if cfg.spectral_norm:  # after init, so the parametrization wraps the initialised weights
         for m in list(d.modules()):
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):  # the projection embedding too (Miyato)
                 spectral_norm(m)
     return d

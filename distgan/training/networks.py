@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +33,18 @@ class Networks:
         return self.g, self.d
 
 
-def build_networks(cfg: Config, accelerator: Any) -> Networks:
-    """Fresh G and D (identical on every rank), Adam for each, the EMA of G; all on the accelerator's device."""
+def build_networks(cfg: Config, accelerator: Any, class_freqs: Sequence[float] | None = None) -> Networks:
+    """Fresh G and D (identical on every rank), Adam for each, the EMA of G; all on the accelerator's device.
+
+    A conditional G keeps `class_freqs` (the train split's class frequencies) to draw its fake labels from.
+    """
     set_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     shape = cfg.model.image_shape or MNIST_SHAPE
     g, d = build_generator(cfg.model, shape), build_discriminator(cfg.model, shape)
+    if g.num_classes:
+        if class_freqs is None or len(class_freqs) != g.num_classes:
+            raise ValueError(f"a conditional G with {g.num_classes} classes needs their frequencies")
+        g.inputs.class_freqs.copy_(torch.tensor(class_freqs, dtype=torch.float32))
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
     if cfg.model.sync_batchnorm and accelerator.num_processes > 1 and has_bn:
         if accelerator.device.type == "cuda":

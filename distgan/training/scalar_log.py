@@ -26,6 +26,7 @@ class ScalarLog:
     def _reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps, self.data_seconds, self.t0 = 0, 0.0, time.perf_counter()
+        self.r1_sum, self.r1_steps = None, 0  # lazy R1 runs on some steps only: its mean is over those
 
     def add(self, stats: Any, data_seconds: float) -> None:
         """Fold one iteration's StepStats in (no device sync)."""
@@ -33,6 +34,9 @@ class ScalarLog:
         self.bad_steps = torch.where(finite, torch.zeros_like(self.bad_steps), self.bad_steps + 1)
         for key, attr in self.KEYS:
             self.sums[key] = self.sums.get(key, 0) + getattr(stats, attr)
+        if getattr(stats, "r1", None) is not None:
+            self.r1_sum = stats.r1 if self.r1_sum is None else self.r1_sum + stats.r1
+            self.r1_steps += 1
         self.steps += 1
         self.data_seconds += data_seconds
 
@@ -45,6 +49,8 @@ class ScalarLog:
         n = max(self.steps, 1)
         elapsed = time.perf_counter() - self.t0
         values = {k: float((v / n).item()) for k, v in self.sums.items()}
+        if self.r1_steps:
+            values["loss/r1"] = float((self.r1_sum / self.r1_steps).item())
         values.update({"perf/images_per_s": n * images_per_step / elapsed, "perf/step_time_s": elapsed / n,
                        "perf/data_wait_s": self.data_seconds / n})
         self._reset()

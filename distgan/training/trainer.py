@@ -32,7 +32,7 @@ from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.preemption import PreemptionWatcher
 from distgan.training.run_dir import RunDir, resolve_run_path
-from distgan.training.sampling import fixed_noise, generate_images
+from distgan.training.sampling import class_grid, generate_images, grid_inputs
 from distgan.training.scalar_log import ScalarLog
 from distgan.training.tracking import grid_image, log_image, resolve_mode, save_png, start_tracking, tracker_list
 
@@ -73,6 +73,20 @@ def image_shape_for(cfg: Config, info: DatasetInfo) -> list[int]:
     return shape
 
 
+def num_classes_for(cfg: Config, info: DatasetInfo) -> int | None:
+    """K for a conditional model: the data's number of classes (a `model.num_classes` set must agree)."""
+    if not cfg.model.conditional:
+        return cfg.model.num_classes
+    if info.num_classes is None:
+        raise UserError(f"model.conditional=true needs class labels, but the data in {cfg.data.dir} has none; "
+                        f"prepare a labelled dataset (an image folder with one sub-folder per class) or set "
+                        f"model.conditional=false")
+    if cfg.model.num_classes is not None and cfg.model.num_classes != info.num_classes:
+        raise UserError(f"model.num_classes {cfg.model.num_classes} differs from the {info.num_classes} classes "
+                        f"of the data in {cfg.data.dir}; remove model.num_classes (it is taken from the data)")
+    return info.num_classes
+
+
 def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
     """An Accelerator for this config: its trackers (log.with), DDP options and a process-group timeout."""
     return Accelerator(
@@ -106,12 +120,14 @@ class Trainer:
         self.acc = acc = make_accelerator(cfg, self.wandb_mode)
         self.precision = Precision(cfg.mixed_precision, acc.device)
         self.data_dir = open_dataset(cfg.data.dir, cfg.data.cache_dir)  # a URL's manifest is fetched here
-        cfg.model.image_shape = image_shape_for(cfg, dataset_info(self.data_dir))
+        info = dataset_info(self.data_dir)
+        cfg.model.image_shape = image_shape_for(cfg, info)
+        cfg.model.num_classes = num_classes_for(cfg, info)
         cfg.run.dir = str(resolve_run_path(cfg, acc))
         self.run_dir = RunDir(Path(cfg.run.dir), acc)
         resume_from = self.run_dir.resume_point(cfg)
         self.run_dir.write_config(cfg)
-        self.nets = build_networks(cfg, acc)
+        self.nets = build_networks(cfg, acc, info.class_frequencies if cfg.model.conditional else None)
         self.state = TrainState()
         if resume_from is not None:
             self.state = load_checkpoint(acc, resume_from, ema=self.nets.ema, precision=self.precision)
@@ -119,9 +135,12 @@ class Trainer:
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
         self.stream = BatchStream(self.data_dir / "train", num_workers=cfg.data.num_workers,
                                   batch_size=cfg.train.batch_size, seed=cfg.seed, accelerator=acc, position=self.state)
-        self.step_fn = GANStep(acc, self.nets, self.precision, cfg.loss, z_dim=cfg.model.z_dim, seed=cfg.seed)
+        g = self.nets.ema.module
+        self.step_fn = GANStep(acc, self.nets, self.precision, cfg.loss, z_dim=cfg.model.z_dim, seed=cfg.seed,
+                               augment=cfg.augment, class_freqs=g.inputs.class_freqs if g.num_classes else None)
         self.scalars = ScalarLog(acc.device)
-        self.grid_noise = fixed_noise(cfg.log.grid_size**2, cfg.model.z_dim, cfg.seed + 1)
+        self.grid_noise, self.grid_labels = grid_inputs(self.nets.ema.module, cfg.log.grid_size, cfg.model.z_dim,
+                                                        cfg.seed + 1)
         self.classifier, self.classifier_sha256 = self._eval_classifier()
         self.config_yaml = dump_config(cfg)
         self.step_seconds = 0.0
@@ -182,7 +201,7 @@ class Trainer:
     def _iteration(self) -> None:
         """`d_steps` real batches, the D and G updates, the EMA; timed as the iteration's own cost."""
         t0 = time.perf_counter()
-        reals = [self.stream.next_images() for _ in range(self.cfg.train.d_steps)]
+        reals = [self.stream.next_batch() for _ in range(self.cfg.train.d_steps)]
         data_seconds = time.perf_counter() - t0
         want_norms = (self.state.step + 1) % self.cfg.log.every == 0
         stats = self.step_fn(reals, self.state.step, want_grad_norms=want_norms)
@@ -255,8 +274,11 @@ class Trainer:
         """Main process: a grid of EMA-G samples from fixed noise, as PNG in the run dir and to W&B."""
         if not self.acc.is_main_process:
             return
-        images = generate_images(self.nets.ema.module, self.grid_noise).numpy()
-        grid = grid_image(images, nrow=self.cfg.log.grid_size)
+        images = generate_images(self.nets.ema.module, self.grid_noise, self.grid_labels).numpy()
+        if self.grid_labels is None:
+            grid = grid_image(images, nrow=self.cfg.log.grid_size)
+        else:  # one row per class
+            grid = class_grid(images, self.grid_labels.numpy())
         save_png(self.run_dir.path / "samples" / f"step_{self.state.step:07d}.png", grid)
         log_image(self.acc, "samples", grid, step=self.state.step, caption=f"EMA G, step {self.state.step}")
 
