@@ -31,7 +31,7 @@ DEBUG = REPO / "configs" / "debug.yaml"
 
 
 def test_shipped_configs_load():
-    for name in ("debug", "mnist_mlp", "mnist_dcgan"):
+    for name in ("debug", "mnist_mlp", "mnist_dcgan", "mnist_cgan", "fashion_mnist_cgan"):
         cfg = load_config(REPO / "configs" / f"{name}.yaml")
         assert cfg.train.steps > 0
 

@@ -39,9 +39,9 @@ def rgb_shards(tmp_path_factory) -> Path:
 
 
 def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_path):
-    """The shipped configs/fashion_mnist_dcgan.yaml, shortened: train, resume, sample and score."""
+    """The shipped configs/fashion_mnist_cgan.yaml, shortened: train, resume, sample and score."""
     run = tmp_path / "run"
-    common = ["train", "--config", str(REPO / "configs" / "fashion_mnist_dcgan.yaml"), f"data.dir={fashion_shards}",
+    common = ["train", "--config", str(REPO / "configs" / "fashion_mnist_cgan.yaml"), f"data.dir={fashion_shards}",
               f"run.dir={run}", "wandb.mode=disabled", "log.progress=false", "checkpoint.every=10",
               "log.every=5", "log.grid_every=10"]
     run_cli([*common, "train.steps=10"], timeout=300)
@@ -51,8 +51,9 @@ def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_p
     assert "image_shape:\n  - 1\n  - 28\n  - 28" in saved
     run_cli(["sample", "--checkpoint", str(run), "--n", "16", "--out", str(tmp_path / "s.npz"),
              "--grid", str(tmp_path / "s.png")], timeout=120)
-    images = np.load(tmp_path / "s.npz")["images"]
-    assert images.shape == (16, 28, 28) and images.dtype == np.uint8
+    samples = np.load(tmp_path / "s.npz")
+    assert samples["images"].shape == (16, 28, 28) and samples["images"].dtype == np.uint8
+    assert samples["labels"].tolist() == [i % 10 for i in range(16)]  # conditional: all classes in turn
     clf = tmp_path / "classifier.pt"
     run_cli(["train-classifier", "--shards", str(fashion_shards), "--out", str(clf), "--epochs", "1",
              "--max-train", "6000"], timeout=600)
@@ -60,6 +61,7 @@ def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_p
              "--n", "500", "--json", str(tmp_path / "scores.json")], timeout=300)
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert np.isfinite(scores["fid"]) and scores["fid"] > 0 and scores["n"] == 500
+    assert 0 <= scores["label_accuracy"] <= 1 and np.isfinite(scores["intra_fid"])
 
 
 def test_rgb_image_folder_two_processes_sample_and_evaluate(rgb_shards, tmp_path):

@@ -1,9 +1,11 @@
-"""`distgan bench {data,train}`: benchmarks that print ratios against a baseline measured in the same run
-(distgan.bench.data, distgan.bench.train)."""
+"""`distgan bench {data,train,quality}`: speed benchmarks that print ratios against a baseline measured in
+the same run (distgan.bench.data, distgan.bench.train), and the sample-quality benchmark
+(distgan.bench.quality)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from distgan.data.remote import is_url, local_split, open_dataset
 from distgan.errors import UserError
@@ -38,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default="64,256", help="comma-separated per-process batch sizes")
     p.add_argument("--steps", type=int, default=300, help="G steps per measurement")
     p.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
+    p = sub.add_parser("quality", help="train a config as a user would, score it (FID, MNIST score, P/R, ...)")
+    p.add_argument("--config", required=True, help="training config, e.g. configs/mnist_cgan.yaml")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-time cap per run (default 30): SIGTERM, "
+                   "then the trainer saves and stops")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default 0)")
+    p.add_argument("--n", type=int, default=10000, help="samples scored per checkpoint (default 10000)")
+    p.add_argument("--out", default="runs/bench_quality", help="where the runs and quality.json go")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, as for `distgan train`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
         bench_data(shards, split=args.split, batch_size=args.batch_size,
                    workers=_ints(args.workers, "--workers"), min_seconds=args.min_seconds,
                    encodings=not args.no_encodings)
+    elif args.bench == "quality":
+        from distgan.bench.quality import bench_quality
+
+        if args.minutes <= 0:
+            raise UserError(f"--minutes must be positive, got {args.minutes}")
+        bench_quality(Path(args.config), seeds=_ints(args.seeds, "--seeds"), minutes=args.minutes, n=args.n,
+                      out=Path(args.out), overrides=args.overrides)
     else:
         from distgan.bench.train import bench_train
 

@@ -1,0 +1,43 @@
+"""`distgan bench quality` end to end on the debug config, class-conditional: a real training run capped by
+the wall-time limit (SIGTERM, checkpoint, stop) whose in-training evaluations log the conditional scores,
+then its checkpoints scored, the table printed and quality.json written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from distgan.bench.quality import meets
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_quality_caps_the_run_and_scores_it(mnist_shards, eval_classifier, tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli(["bench", "quality", "--config", "configs/debug.yaml", "--minutes", "0.25", "--n", "200",
+                    "--seeds", "3", "--out", str(out), f"data.dir={mnist_shards}", "train.steps=1000000",
+                    "checkpoint.every=1000000", "eval.every=40", "eval.n=100", f"eval.classifier={eval_classifier}",
+                    "wandb.mode=disabled", "model.conditional=true"], timeout=300)
+    result = json.loads((out / "debug-seed3" / "quality.json").read_text())
+    assert result["seed"] == 3 and result["capped"] and 0.2 < result["wall_minutes"] < 3
+    final = result["checkpoints"]["final"]
+    assert final["step"] > 40 and final["scores"]["n"] == 200 and final["scores"]["fid"] > 0
+    assert "best" in result["checkpoints"] and result["curve"][0]["step"] == 40
+    assert 0 <= final["scores"]["label_accuracy"] <= 1 and final["scores"]["intra_fid"] > 0
+    assert all("label_accuracy" in row and "intra_fid" in row for row in result["curve"])  # logged under eval/
+    from PIL import Image
+
+    grid = Image.open(sorted((out / "debug-seed3" / "samples").glob("*.png"))[-1])
+    assert grid.height > grid.width  # the debug grid: 10 rows (one per class) of 4
+    assert f"{'debug seed 3 final':<28} {final['step']:>6}" in proc.stdout
+    assert "curve, seed 3" in proc.stdout
+
+
+def test_goals_are_checked_per_shipped_config():
+    good = {"fid": 0.4, "is": 9.7, "precision": 0.85, "recall": 0.8, "classes": 10, "label_accuracy": 0.99}
+    assert all(meets("mnist_cgan", good).values()) and set(meets("mnist_cgan", good)) == set(good)
+    assert meets("mnist_cgan", {**good, "fid": 0.6})["fid"] is False
+    assert meets("mnist_dcgan", {**good, "label_accuracy": None}) == {k: True for k in good if k != "label_accuracy"}
+    assert meets("debug", good) == {}
