@@ -8,6 +8,7 @@ The Python API (imported lazily, so `import distgan` and `distgan --help` stay f
     result = train(cfg)                          # TrainResult(status, step, ..., run_dir)
     g, cfg = load_generator(result.run_dir)      # the EMA generator of the latest checkpoint
     images = sample_images(g, 16, seed=0)        # uint8 (16, 28, 28)
+    # a class-conditional G (model.conditional=true): sample_images(g, 16, labels=torch.full((16,), 7))
 """
 
 from __future__ import annotations
