@@ -39,11 +39,11 @@ def rgb_shards(tmp_path_factory) -> Path:
 
 
 def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_path):
-    """The shipped configs/fashion_mnist_cgan.yaml, shortened: train, resume, sample and score."""
+    """The shipped configs/fashion_mnist_cgan.yaml, shortened and narrowed: train, resume, sample and score."""
     run = tmp_path / "run"
     common = ["train", "--config", str(REPO / "configs" / "fashion_mnist_cgan.yaml"), f"data.dir={fashion_shards}",
               f"run.dir={run}", "wandb.mode=disabled", "log.progress=false", "checkpoint.every=10",
-              "log.every=5", "log.grid_every=10"]
+              "log.every=5", "log.grid_every=10", "model.g_width=16", "model.d_width=16"]
     run_cli([*common, "train.steps=10"], timeout=300)
     proc = run_cli([*common, "train.steps=20"], timeout=300)
     assert "finished at step 20" in proc.stdout
@@ -65,13 +65,14 @@ def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_p
 
 
 def test_rgb_image_folder_two_processes_sample_and_evaluate(rgb_shards, tmp_path):
-    """32x32 RGB: a 2-process DCGAN run (world size 2 asserted), RGB samples and grid, a shaped classifier
-    and every score computed on its features."""
+    """32x32 RGB: a 2-process conditional DCGAN run (world size 2 asserted; class-conditional BatchNorm and the
+    projection D kept identical on both ranks), RGB samples and grid, a shaped classifier and every score
+    computed on its features."""
     run = tmp_path / "run"
     proc = accelerate_launch(
         ["-m", "distgan", "train", "--config", str(REPO / "configs" / "debug.yaml"), f"data.dir={rgb_shards}",
          f"run.dir={run}", "wandb.mode=disabled", "model.arch=dcgan", "model.g_width=8", "model.d_width=8",
-         "train.batch_size=8", "train.steps=10", "checkpoint.every=10"], timeout=600)
+         "train.batch_size=8", "train.steps=10", "checkpoint.every=10", "model.conditional=true"], timeout=600)
     assert "finished at step 10" in proc.stdout
     reports = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("rank_*.json"))]
     assert [r["world_size"] for r in reports] == [2, 2]

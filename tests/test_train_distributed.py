@@ -44,10 +44,11 @@ def test_two_process_debug_run(mnist_shards, tmp_path):
 
 
 def test_two_process_resume_is_exact(mnist_shards, tmp_path):
-    """A conditional DCGAN with DiffAugment and lazy R1 in 2 processes: resume equals the straight run."""
+    """A conditional GAN with DiffAugment and lazy R1 (WGAN-GP's penalty too) in 2 processes: resume equals the
+    straight run."""
     common = ["train.batch_size=500", "checkpoint.every=4", "checkpoint.keep=10",  # 10 steps per epoch
-              "model.arch=dcgan", "model.g_width=8", "model.d_width=8", "model.conditional=true", "loss.kind=hinge",
-              "augment.policy=translation,cutout", "loss.r1_gamma=1", "loss.r1_every=4"]
+              "model.conditional=true", "loss.kind=wgan-gp", "augment.policy=translation,cutout",
+              "loss.r1_gamma=1", "loss.r1_every=4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     launch_train(mnist_shards, straight, "train.steps=12", *common)
     launch_train(mnist_shards, split, "train.steps=6", *common)
