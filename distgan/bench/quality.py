@@ -82,12 +82,17 @@ def eval_curve(run_dir: Path, start_time: float) -> list[dict[str, float]]:
     return rows
 
 
-def _row(label: str, step: int, minutes: float, scores: dict[str, Any]) -> str:
+def _cells(scores: dict[str, Any]) -> str:
+    """The COLUMNS of `scores`, right-aligned; "-" for a missing or non-finite value."""
     cells = []
     for key, _, fmt in COLUMNS:
         value = scores.get(key)
         cells.append(fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "-")
-    return f"{label:<28} {step:>6} {minutes:>6.1f} " + " ".join(f"{c:>9}" for c in cells)
+    return " ".join(f"{c:>9}" for c in cells)
+
+
+def _row(label: str, step: int, minutes: float, scores: dict[str, Any]) -> str:
+    return f"{label:<28} {step:>6} {minutes:>6.1f} " + _cells(scores)
 
 
 def _header() -> str:
@@ -149,5 +154,4 @@ def _print(name: str, results: list[dict[str, Any]], n: int) -> None:
         print(f"\ncurve, seed {entry['seed']} (in-training evaluations):")
         print(f"{'step':>6} {'min':>6} " + " ".join(f"{t:>9}" for _, t, _ in COLUMNS))
         for row in entry["curve"]:
-            cells = [fmt.format(row[k]) if isinstance(row.get(k), (int, float)) else "-" for k, _, fmt in COLUMNS]
-            print(f"{row['step']:>6} {row['minutes']:>6.1f} " + " ".join(f"{c:>9}" for c in cells))
+            print(f"{row['step']:>6} {row['minutes']:>6.1f} " + _cells(row))

@@ -24,7 +24,6 @@ import copy
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import warnings
@@ -113,19 +112,12 @@ def generator_image_shape(generator: torch.nn.Module) -> tuple[int, int, int]:
     return tuple(int(v) for v in shape) if shape is not None else MNIST_SHAPE
 
 
-def sample_grid(generator: torch.nn.Module, n: int = 64, seed: int = 0, pad: int = 2) -> Image.Image:
-    """A square-ish grid of `n` samples of `generator` (noise from `seed`), grayscale or RGB; for a
-    conditional generator, one row of ceil(sqrt(n)) samples per class."""
-    from distgan.training.sampling import class_grid, fixed_noise, generate_images, grid_inputs, num_classes_of
-    from distgan.training.tracking import grid_image
+def sample_grid(generator: torch.nn.Module, grid_size: int = 8, seed: int = 0) -> Image.Image:
+    """A grid_size x grid_size grid of samples of `generator` (noise from `seed`), grayscale or RGB; for a
+    conditional generator, one row of grid_size samples per class."""
+    from distgan.training.sampling import fixed_grid
 
-    z_dim = int(generator.z_dim)
-    if num_classes_of(generator):
-        z, labels = grid_inputs(generator, math.ceil(math.sqrt(n)), z_dim, seed)
-        grid = class_grid(generate_images(generator, z, labels).numpy(), labels, pad=pad)
-    else:
-        images = generate_images(generator, fixed_noise(n, z_dim, seed)).numpy()  # N, H, W[, C]
-        grid = grid_image(images, nrow=math.ceil(math.sqrt(n)), pad=pad)
+    grid = fixed_grid(generator, grid_size, seed)
     return Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB")
 
 

@@ -195,6 +195,13 @@ def samples_grid(images: np.ndarray, labels: LabelsLike | None) -> np.ndarray:
     return grid_image(images, nrow=int(np.ceil(np.sqrt(len(images)))))
 
 
+def fixed_grid(generator: torch.nn.Module, grid_size: int, seed: int) -> np.ndarray:
+    """The uint8 grid of `generator` on `grid_inputs(generator, grid_size, z_dim, seed)`: grid_size x grid_size
+    samples, or one row of grid_size per class for a conditional G (the trainer's grids, an export's samples)."""
+    z, labels = grid_inputs(generator, grid_size, int(generator.z_dim), seed)
+    return samples_grid(generate_images(generator, z, labels).numpy(), labels)
+
+
 def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path, grid: str | Path | None = None,
                   device: str | torch.device = "cpu", labels: str | None = None) -> np.ndarray:
     """Generate `n` images from a checkpoint's EMA G with noise from `seed`; write them to `out` (.npz, key

@@ -32,9 +32,9 @@ from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.preemption import PreemptionWatcher
 from distgan.training.run_dir import RunDir, resolve_run_path
-from distgan.training.sampling import class_grid, generate_images, grid_inputs
+from distgan.training.sampling import fixed_grid
 from distgan.training.scalar_log import ScalarLog
-from distgan.training.tracking import grid_image, log_image, resolve_mode, save_png, start_tracking, tracker_list
+from distgan.training.tracking import log_image, resolve_mode, save_png, start_tracking, tracker_list
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,6 @@ class Trainer:
         self.step_fn = GANStep(acc, self.nets, self.precision, cfg.loss, z_dim=cfg.model.z_dim, seed=cfg.seed,
                                augment=cfg.augment, class_freqs=g.inputs.class_freqs if g.num_classes else None)
         self.scalars = ScalarLog(acc.device)
-        self.grid_noise, self.grid_labels = grid_inputs(self.nets.ema.module, cfg.log.grid_size, cfg.model.z_dim,
-                                                        cfg.seed + 1)
         self.classifier, self.classifier_sha256 = self._eval_classifier()
         self.config_yaml = dump_config(cfg)
         self.step_seconds = 0.0
@@ -274,11 +272,7 @@ class Trainer:
         """Main process: a grid of EMA-G samples from fixed noise, as PNG in the run dir and to W&B."""
         if not self.acc.is_main_process:
             return
-        images = generate_images(self.nets.ema.module, self.grid_noise, self.grid_labels).numpy()
-        if self.grid_labels is None:
-            grid = grid_image(images, nrow=self.cfg.log.grid_size)
-        else:  # one row per class
-            grid = class_grid(images, self.grid_labels.numpy())
+        grid = fixed_grid(self.nets.ema.module, self.cfg.log.grid_size, self.cfg.seed + 1)  # a row per class if any
         save_png(self.run_dir.path / "samples" / f"step_{self.state.step:07d}.png", grid)
         log_image(self.acc, "samples", grid, step=self.state.step, caption=f"EMA G, step {self.state.step}")
 
