@@ -30,6 +30,15 @@ from distgan.training.preemption import (
 ONE_PROCESS = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
 
 
+@pytest.fixture
+def ctrl_c_not_ignored():
+    """Run as from a terminal: SIGINT at Python's default, even when pytest itself was started with SIGINT
+    ignored (`nohup`, a script's background job), which the watcher deliberately keeps (see below)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _deliver(sig: signal.Signals) -> None:
     """Send `sig` to this process and give Python the chance to run its handler (in this thread)."""
     os.kill(os.getpid(), sig)
@@ -100,7 +109,7 @@ def test_handler_overrides_an_inherited_sig_ign():
     assert "flag True USR1" in proc.stdout
 
 
-def test_ctrl_c_is_watched_without_being_listed_and_does_not_requeue(capfd):
+def test_ctrl_c_is_watched_without_being_listed_and_does_not_requeue(capfd, ctrl_c_not_ignored):
     """The first SIGINT only sets the flag (stop at the next step, no requeue) and says so on stderr."""
     before = signal.getsignal(signal.SIGINT)
     w = PreemptionWatcher(["USR1"], requeue_signals=["USR1"])
@@ -117,7 +126,7 @@ def test_ctrl_c_is_watched_without_being_listed_and_does_not_requeue(capfd):
     assert CTRL_C_MESSAGE in capfd.readouterr().err
 
 
-def test_second_ctrl_c_aborts_at_once():
+def test_second_ctrl_c_aborts_at_once(ctrl_c_not_ignored):
     w = PreemptionWatcher()
     w.install()
     try:
@@ -128,7 +137,7 @@ def test_second_ctrl_c_aborts_at_once():
         w.uninstall()
 
 
-def test_ctrl_c_after_another_stop_signal_still_needs_two_presses():
+def test_ctrl_c_after_another_stop_signal_still_needs_two_presses(ctrl_c_not_ignored):
     """A SIGTERM first: the first Ctrl-C then still only asks for the stop."""
     w = PreemptionWatcher()
     w.install()
