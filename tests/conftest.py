@@ -111,3 +111,19 @@ def eval_classifier(tmp_path_factory, mnist_shards) -> Path:
     from eval_support import classifier_file
 
     return classifier_file(tmp_path_factory, mnist_shards)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """The local SLURM cluster (launch/slurm/local_cluster.sh), one node at least; skips without it (fails in CI)."""
+    from slurm_support import require_cluster
+
+    require_cluster(1)
+
+
+@pytest.fixture(scope="module")
+def slurm_two_nodes() -> None:
+    """The local SLURM cluster with two nodes (n1, n2) on this machine; skips without it (fails in CI)."""
+    from slurm_support import require_cluster
+
+    require_cluster(2)

@@ -5,6 +5,7 @@ stop signals honoured while wandb.init waits."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -200,3 +201,51 @@ def test_stop_signal_during_hanging_init_stops_promptly(mnist_shards, tmp_path, 
     print(f"stopped {took:.1f} s after SIG{name}")
     assert took < 60  # not the 300 s init timeout
     _assert_no_service_left(proc.pid)
+
+
+def test_wandb_service_killed_mid_run_costs_no_step(mnist_shards, tmp_path):
+    """W&B's service dies while training runs (SLURM's SIGTERM reaches it too; OOM; a crash): the next W&B
+    call is one warning, training goes on with metrics.jsonl, and a SIGTERM after that still saves a
+    checkpoint at the step it came, with no traceback and exit 0."""
+    run_dir = tmp_path / "run"
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    args = ["train", "--config", "configs/debug.yaml", f"data.dir={mnist_shards}", f"run.dir={run_dir}",
+            "wandb.mode=offline", "log.progress=false", "train.steps=1000000", "log.every=1",
+            "log.grid_every=1000000", "checkpoint.every=1000000"]
+    metrics = run_dir / "metrics.jsonl"
+
+    def logged_steps() -> int:
+        return metrics.read_text().count("\n") if metrics.is_file() else 0
+
+    with out.open("w") as out_f, err.open("w") as err_f:
+        proc = subprocess.Popen([PYTHON, "-m", "distgan", *args], cwd=REPO, env=child_env(), stdout=out_f,
+                                stderr=err_f, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while logged_steps() < 20:
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-4000:]
+            time.sleep(0.1)
+        [service] = _service_of(proc.pid)
+        subprocess.run(["kill", "-TERM", str(service)], check=True, timeout=10)
+        while not re.search(r"W&B stopped working", err.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-4000:]
+            time.sleep(0.1)
+        after_warning = logged_steps()
+        while logged_steps() < after_warning + 50:  # training goes on, metrics.jsonl too
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-4000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert proc.returncode == 0, stderr[-4000:]
+    assert "Traceback" not in stderr, stderr[-4000:]
+    warnings = re.findall(r"W&B stopped working \((\w+): [^\n]*\): training goes on without it", stderr)
+    assert warnings in (["ConnectionResetError"], ["BrokenPipeError"]), stderr[-4000:]  # once, not per step
+    [stop] = [int(s) for s in re.findall(r"preempted by SIGTERM; checkpoint saved at step (\d+)", stdout)]
+    assert (run_dir / "checkpoints" / f"step_{stop:07d}" / "COMPLETE").exists()
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, stop + 1))  # every step logged up to the checkpoint: nothing lost
+    assert stop > after_warning

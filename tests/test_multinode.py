@@ -1,5 +1,7 @@
-"""Several machines: two `accelerate launch` invocations on 127.0.0.1 (machine rank 0 and 1, one process
-each) train together; and train.sbatch's per-node wiring for a 2-node job (fake srun/scontrol)."""
+"""Several machines without SLURM: two `accelerate launch` invocations on 127.0.0.1 (machine rank 0 and 1,
+one process each) train together, the recipe for machines without a scheduler. And train.sbatch/node.sh's
+wiring on GPU nodes, which this machine lacks (fake srun, scontrol and accelerate); real two-node SLURM jobs
+are in test_slurm.py."""
 
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ import pytest
 from conftest import BIN, REPO, free_port
 from conftest import test_env as child_env  # not collected as a test
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_two_machines_train_together(mnist_shards, tmp_path):
     run_dir, port = tmp_path / "run", free_port()
     env = child_env(ACCELERATE_USE_CPU="true")
@@ -50,17 +51,21 @@ def test_two_machines_train_together(mnist_shards, tmp_path):
 FAKE_SRUN = """#!/usr/bin/env bash
 # Fake srun for a 2-node job: run the command once per node with that node's SLURM_NODEID.
 while [[ $1 == -* ]]; do echo "$1" >> "$FAKE_DIR/srun_args"; shift; done
-for node in 0 1; do SLURM_NODEID=$node SLURMD_NODENAME=node$node "$@" || exit $?; done
+for node in 0 1; do SLURM_NODEID=$node SLURMD_NODENAME=gpu-a1$((7 + node)) "$@" || exit $?; done
 """
+# Node names that DNS does not know: the address must come from `scontrol show node`.
 FAKE_SCONTROL = """#!/usr/bin/env bash
 [[ "$1 $2" == "show hostnames" ]] && { printf 'gpu-a17\\ngpu-a18\\n'; exit 0; }
+[[ "$1 $2 $3 $4" == "show node -o gpu-a17" ]] \\
+    && { echo "NodeName=gpu-a17 Arch=x86_64 NodeAddr=10.1.0.17 NodeHostName=gpu-a17 Port=0"; exit 0; }
 exit 1
 """
 FAKE_ACCELERATE = """#!PYTHON
 import json, os, signal, sys
 with open(os.path.join(os.environ["FAKE_DIR"], "accelerate_calls"), "a") as f:
     f.write(json.dumps({"argv": sys.argv[1:], "usr1_ignored": signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN,
-                        "use_cpu": os.environ.get("ACCELERATE_USE_CPU")}) + "\\n")
+                        "use_cpu": os.environ.get("ACCELERATE_USE_CPU"),
+                        "omp": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
 """
 
 
@@ -74,9 +79,12 @@ def _arg(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
-def test_sbatch_wires_each_node(tmp_path):
-    """The per-node command gets its own machine rank ($SLURM_NODEID expanded on the node, accelerate
-    #2816), the first host as main address, a port from the job id, and USR1 ignored in the launcher."""
+@pytest.mark.parametrize("gpus, procs, config, omp", [("", 2, "cpu.yaml", "4"), ("4", 4, "multi_gpu.yaml", "2")])
+def test_sbatch_wires_each_node(tmp_path, gpus, procs, config, omp):
+    """Each node works out its own process count (its GPUs, else 2 CPU processes) and gets its own machine
+    rank ($SLURM_NODEID expanded on the node, accelerate #2816); the rendezvous is the first node's address
+    as SLURM has it (`scontrol show node`, not DNS), the port comes from the job id, USR1 is ignored in the
+    launcher, and the task's CPUs are shared by the node's processes."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("accelerate", FAKE_ACCELERATE)):
@@ -86,6 +94,8 @@ def test_sbatch_wires_each_node(tmp_path):
     env.update(PATH=f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", FAKE_DIR=str(tmp_path), VIRTUAL_ENV="fake",
                SLURM_JOB_ID="123457", SLURM_JOB_NAME="gan", SLURM_JOB_NUM_NODES="2",
                SLURM_JOB_NODELIST="gpu-a[17-18]", SLURM_SUBMIT_DIR=str(REPO), SLURM_CPUS_PER_TASK="8")
+    if gpus:
+        env["SLURM_GPUS_ON_NODE"] = gpus
     proc = subprocess.run(["bash", "launch/slurm/train.sbatch", "configs/debug.yaml", "train.steps=7"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -93,17 +103,21 @@ def test_sbatch_wires_each_node(tmp_path):
     assert len(calls) == 2
     for node, call in enumerate(calls):
         argv = call["argv"]
+        assert argv[0] == "launch"
         assert call["usr1_ignored"] is True
-        assert call["use_cpu"] == "true"  # no GPU on the node: CPU processes with gloo
+        assert call["use_cpu"] == (None if gpus else "true")  # no GPU on the node: CPU processes with gloo
+        assert call["omp"] == omp  # 8 CPUs shared by the node's processes
         assert _arg(argv, "--machine_rank") == str(node)
         assert _arg(argv, "--num_machines") == "2"
-        assert _arg(argv, "--num_processes") == "4"  # 2 nodes x 2 CPU processes
-        assert _arg(argv, "--main_process_ip") == "gpu-a17"
+        assert _arg(argv, "--num_processes") == str(2 * procs)
+        assert _arg(argv, "--main_process_ip") == "10.1.0.17"
         assert _arg(argv, "--main_process_port") == str(20000 + 123457 % 10000)
-        assert _arg(argv, "--config_file") == "launch/accelerate/cpu.yaml"
+        assert _arg(argv, "--config_file").endswith(f"launch/accelerate/{config}")
         tail = argv[argv.index("-m"):]
         assert tail == ["-m", "distgan", "train", "--config", "configs/debug.yaml", "train.steps=7",
                         "run.dir=runs/gan-123457"]
+    assert f"2 node(s) x {procs} process(es)" in proc.stdout
+    assert "node gpu-a18 is machine 1 of 2" in proc.stdout
     srun_args = (tmp_path / "srun_args").read_text().split()
     assert "--ntasks-per-node=1" in srun_args and "--nodes=2" in srun_args and "--cpus-per-task=8" in srun_args
 

@@ -69,3 +69,22 @@ def test_ddp_g_step_sends_no_d_allreduce_and_keeps_d(tmp_path):
         assert r["g_step_calls"]["g"] > 0
         assert r["d_unchanged_by_g_step"] and r["d_grads_unchanged_by_g_step"]
     assert reports[0]["g_sha256"] == reports[1]["g_sha256"] and reports[0]["d_sha256"] == reports[1]["d_sha256"]
+
+
+def test_two_processes_save_a_checkpoint_at_every_step(mnist_shards, tmp_path):
+    """The checkpoint stress test for 2 processes (4 run on the two-node SLURM cluster, test_slurm.py): a save
+    at every one of 300 steps, pruned to the newest two, never a failure; each rank makes durable only what
+    it wrote, so no rank lists files that another is still renaming into place."""
+    from distgan.training.checkpoint import checkpoint_problem
+
+    run = tmp_path / "run"
+    proc = launch_train(mnist_shards, run, "train.steps=300", "checkpoint.every=1", "checkpoint.keep=2",
+                        "log.every=50", "log.grid_every=1000", "wandb.mode=disabled", "log.progress=false")
+    assert "Traceback" not in proc.stderr
+    saved = complete_checkpoints(run, warn=False)
+    assert [step for step, _ in saved] == [299, 300]
+    assert all(checkpoint_problem(path) is None for _, path in saved)
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith((".tmp_", ".old_"))]
+    reports = read_rank_reports(run)
+    assert [r["world_size"] for r in reports] == [2, 2] and [r["step"] for r in reports] == [300, 300]
+    assert reports[0]["g_sha256"] == reports[1]["g_sha256"]

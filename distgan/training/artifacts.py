@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from distgan.config import Config
+from distgan.training.tracker_guard import GuardedTracker, guarded
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ModelArtifacts:
         self.run, self.cfg, self.run_dir = run, cfg, run_dir
         self.name = f"generator-{run.id}"
         self.classifier: dict[str, str] | None = None
+        self.tracker: GuardedTracker | None = None  # once W&B has stopped working, artifacts stop quietly
         from distgan.training.export import manifest_sha256
 
         self.data_manifest_sha256 = manifest_sha256(cfg.data.dir)
@@ -54,10 +56,12 @@ class ModelArtifacts:
               classifier_sha256: str | None) -> ModelArtifacts | None:
         """The artifact logger of this run (logging the classifier now), or None off the main process or
         without a W&B run."""
-        if not accelerator.is_main_process or not any(t.name == "wandb" for t in accelerator.trackers):
+        tracker = guarded(accelerator, "wandb") if accelerator.is_main_process else None
+        if tracker is None:
             return None
         try:
-            self = cls(accelerator.get_tracker("wandb", unwrap=True), cfg, run_dir)
+            self = cls(tracker.tracker, cfg, run_dir)
+            self.tracker = tracker
             if classifier is not None and classifier_sha256:
                 self.log_classifier(classifier, classifier_sha256)
         except Exception as e:  # noqa: BLE001 - W&B must never stop training
@@ -85,6 +89,8 @@ class ModelArtifacts:
     def log_generator(self, generator: torch.nn.Module, *, step: int, best: bool,
                       scores: dict[str, float] | None = None, checkpoint: Path | None = None) -> None:
         """Log `generator` (the EMA G, not modified) as a version of this run's model artifact."""
+        if self.tracker is not None and not self.tracker.alive:
+            return
         try:
             self._log_generator(generator, step=step, best=best, scores=scores, checkpoint=checkpoint)
         except Exception as e:  # noqa: BLE001 - W&B must never stop training

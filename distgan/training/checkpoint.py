@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import yaml
+from accelerate.utils import RNG_STATE_NAME
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -265,6 +266,11 @@ def _clean_leftovers(root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def rng_state_file(process_index: int) -> str:
+    """The file in which `accelerator.save_state` keeps the RNG states of rank `process_index`."""
+    return f"{RNG_STATE_NAME}_{process_index}.pkl"
+
+
 def _fsync_tree(directory: Path) -> None:
     """fsync every file under `directory` and every directory in it, deepest first."""
     dirs = [directory]
@@ -303,7 +309,7 @@ def _seal(tmp: Path, *, state: TrainState, ema: Any, precision: Any, config_yaml
     extra = {"state": asdict(state), "scalers": precision.state_dict(), "world_size": world_size}
     write_file_durably(tmp / STATE_FILE, (json.dumps(extra, indent=2, sort_keys=True) + "\n").encode())
     write_file_durably(tmp / CONFIG_FILE, config_yaml.encode())
-    _fsync_tree(tmp)  # accelerate's files were fsynced by the ranks that wrote them; this covers the rest
+    _fsync_tree(tmp)  # the main process's own files (every rank has fsynced its RNG state already)
     files = {rel: {"size": (tmp / rel).stat().st_size, "sha256": file_sha256(tmp / rel)} for rel in _files(tmp)}
     marker = {"format": MARKER_FORMAT, "step": state.step, "files": files}
     write_file_durably(tmp / MARKER, (json.dumps(marker, indent=1, sort_keys=True) + "\n").encode())
@@ -333,7 +339,11 @@ def save_checkpoint(accelerator: Any, run_dir: Path, *, state: TrainState, ema: 
         if error is None:
             def write_state() -> None:  # models and optimizers from the main process, RNG from every rank
                 accelerator.save_state(str(tmp))
-                _fsync_tree(tmp)  # by every rank: its own files reach the disk before the marker can
+                # Each rank makes durable only what it wrote: its RNG state file. Walking the directory here
+                # raced with the main process's files still being written under temporary names (a crash of
+                # a real SLURM job), and every rank walking it is slow on NFS/Lustre. The main process
+                # fsyncs its own files in `_seal`, after every rank has finished (the collective below).
+                fsync_path(tmp / rng_state_file(accelerator.process_index))
             error = _first_error(accelerator, _save_error(final, write_state))
         if error is None and main:
             def seal_and_publish() -> None:

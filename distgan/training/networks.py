@@ -13,6 +13,7 @@ from accelerate.utils import set_seed
 from distgan.config import Config, TrainConfig
 from distgan.pixels import MNIST_SHAPE
 from distgan.training.ema import EMA
+from distgan.training.grad_sync import register_canonical_allreduce
 from distgan.training.models import build_discriminator, build_generator
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def build_networks(cfg: Config, accelerator: Any, class_freqs: Sequence[float] |
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=tuple(cfg.train.betas))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=tuple(cfg.train.betas))
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)  # never the loader: it is split per rank
+    for module in (g, d):  # bitwise the same gradients after a resume, with any number of processes
+        register_canonical_allreduce(module)
     ema.module.to(accelerator.device)
     return Networks(g, d, opt_g, opt_d, ema)
 

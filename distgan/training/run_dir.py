@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ class RunDir:
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         report = {"rank": self.acc.process_index, "world_size": self.acc.num_processes, "step": step,
                   "device": str(self.acc.device), "backend": backend, "hostname": socket.gethostname(),
+                  "slurm_node": os.environ.get("SLURMD_NODENAME"),  # several SLURM nodes may share a host
                   "g_sha256": state_dict_sha256(g), "d_sha256": state_dict_sha256(d)}
         write_json_atomic(self.path / "ranks" / f"rank_{self.acc.process_index}.json", report)
 

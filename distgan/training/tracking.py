@@ -38,6 +38,7 @@ from PIL import Image
 from distgan.atomic import write_bytes_atomic, write_text_atomic
 from distgan.errors import UserError
 from distgan.training.preemption import PreemptionWatcher, StopRequested, installed_watcher
+from distgan.training.tracker_guard import guard_trackers, guarded
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,18 @@ def run_id(run_dir: Path) -> str:
 def start_tracking(accelerator: Any, *, mode: str, project: str, entity: str | None, name: str | None,
                    run_dir: Path, config: dict[str, Any], watcher: PreemptionWatcher | None = None,
                    resume_step: int = 0) -> str:
+    """Start the trackers (see `_start_trackers`), each guarded: a tracker that fails later (W&B's service
+    killed with the job) is dropped with one warning instead of stopping training. Returns the W&B mode."""
+    mode = _start_trackers(accelerator, mode=mode, project=project, entity=entity, name=name, run_dir=run_dir,
+                           config=config, watcher=watcher, resume_step=resume_step)
+    if accelerator.is_main_process:
+        guard_trackers(accelerator, str(run_dir))
+    return mode
+
+
+def _start_trackers(accelerator: Any, *, mode: str, project: str, entity: str | None, name: str | None,
+                    run_dir: Path, config: dict[str, Any], watcher: PreemptionWatcher | None,
+                    resume_step: int) -> str:
     """Start the accelerator's trackers on the main process (accelerate's trackers log from the main process
     only): wandb unless `mode` is disabled, and TensorBoard in RUN_DIR/tensorboard when `log_with` has it
     (events past `resume_step` from an earlier run are hidden).
@@ -241,7 +254,23 @@ def log_image(accelerator: Any, key: str, image: np.ndarray, *, step: int, capti
         elif tracker.name == "tensorboard":
             batch = image[None, None] if image.ndim == 2 else image[None]
             tracker.log_images({key: batch}, step=step, dataformats="NCHW" if image.ndim == 2 else "NHWC")
-            tracker.tracker.flush()
+            if getattr(tracker, "alive", True):
+                tracker.tracker.flush()
+
+
+def describe_wandb_run(accelerator: Any, classifier_sha256: str | None) -> None:
+    """Main process: the evaluation classifier's sha256 in the W&B run's summary (other classifiers' scores
+    don't compare) and FID summarised as its minimum (the run's, and a W&B sweep's, FID is its best one)."""
+    tracker = guarded(accelerator, "wandb")
+    if tracker is None or classifier_sha256 is None:
+        return
+
+    def describe() -> None:
+        run = tracker.tracker
+        run.summary["eval/classifier_sha256"] = classifier_sha256
+        run.define_metric("eval/fid", summary="min")
+
+    tracker.call("summary", describe)
 
 
 def _end_wandb_service(wait_s: float = 3.0) -> None:

@@ -9,6 +9,7 @@ the classifier (checked before anything is logged), and only then the W&B run.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +28,7 @@ from distgan.errors import UserError
 from distgan.training.artifacts import ModelArtifacts
 from distgan.training.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.training.gan_step import GANStep
+from distgan.training.grad_sync import DDP_BUCKET_CAP_MB
 from distgan.training.metrics_file import MetricsFile
 from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
@@ -34,7 +36,14 @@ from distgan.training.preemption import PreemptionWatcher
 from distgan.training.run_dir import RunDir, resolve_run_path
 from distgan.training.sampling import fixed_grid
 from distgan.training.scalar_log import ScalarLog
-from distgan.training.tracking import log_image, resolve_mode, save_png, start_tracking, tracker_list
+from distgan.training.tracking import (
+    describe_wandb_run,
+    log_image,
+    resolve_mode,
+    save_png,
+    start_tracking,
+    tracker_list,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +103,10 @@ def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
         mixed_precision=accelerate_mixed_precision(cfg.mixed_precision),
         log_with=tracker_list(cfg.log.with_, wandb_mode),  # TensorBoard's directory is set once run.dir is known
         kwargs_handlers=[
-            # G and D are separate DDP modules and every parameter is used in its phase.
-            DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True),
+            # G and D are separate DDP modules and every parameter is used in its phase; one bucket each, so
+            # that the gradient all-reduce is the same at every step, resumed or not (grad_sync.py).
+            DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True,
+                                          bucket_cap_mb=DDP_BUCKET_CAP_MB),
             InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist.timeout_s)),
         ],
     )
@@ -148,10 +159,7 @@ class Trainer:
         self.wandb_mode = start_tracking(acc, mode=self.wandb_mode, project=cfg.wandb.project,
                                          entity=cfg.wandb.entity, name=cfg.wandb.name, run_dir=self.run_dir.path,
                                          config=cfg.to_dict(), watcher=self.watcher, resume_step=self.state.step)
-        if self.classifier is not None and self.wandb_mode != "disabled" and acc.is_main_process:
-            run = acc.get_tracker("wandb", unwrap=True)
-            run.summary["eval/classifier_sha256"] = self.classifier_sha256  # other classifiers' scores don't compare
-            run.define_metric("eval/fid", summary="min")  # the run's (and a W&B sweep's) FID is its best one
+        describe_wandb_run(acc, self.classifier_sha256)
         # G as W&B model artifacts (`latest`, `best`) and the classifier they were scored with (main process)
         self.artifacts = ModelArtifacts.start(acc, cfg, self.run_dir.path, self.classifier, self.classifier_sha256)
 
@@ -233,14 +241,13 @@ class Trainer:
         acc = self.acc
         self.run_dir.write_rank_report(self.state.step, *self.nets.modules)
         acc.wait_for_everyone()
-        try:
-            acc.end_training()  # finishes the W&B run and destroys the process group
-        except ConnectionError as e:  # SLURM may already have killed W&B's service process; the checkpoint is safe
-            log.warning("could not finish the W&B run cleanly (%s); `wandb sync` the run directory later", e)
+        acc.end_training()  # finishes the trackers (guarded: a dead W&B service is one warning) and the group
         if status == "preempted":
             by = f"SIG{self.watcher.signal_name}" if self.watcher.signal_name else "a signal on another rank"
-            print(f"rank {self.run_dir.rank}: preempted by {by}; checkpoint saved at step {self.state.step}",
-                  flush=True)
+            # One write per line: the ranks share the job's output file, and print() writes the newline apart.
+            step = self.state.step
+            sys.stdout.write(f"rank {self.run_dir.rank}: preempted by {by}; checkpoint saved at step {step}\n")
+            sys.stdout.flush()
             if acc.is_main_process:
                 self.watcher.requeue()  # last: on SLURM this ends the job and queues it again
 

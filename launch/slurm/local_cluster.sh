@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on localhost, for the launch tests and for trying train.sbatch by hand.
+# A SLURM cluster on this one machine, for the launch tests and for trying train.sbatch by hand: one
+# slurmctld and N slurmd daemons (nodes n1..nN). Each node is a slurmd of its own on 127.0.0.1 with its
+# own port, pid file, log and spool directory (Debian's SLURM is built with MULTIPLE_SLURMD). The node
+# names are not host names, as on a real cluster whose DNS does not know them: a job must take addresses
+# from SLURM (`scontrol show node`), as launch/slurm/node.sh does.
 #
-#   bash launch/slurm/local_cluster.sh start    # install (apt) if missing, configure, start; idempotent
-#   bash launch/slurm/local_cluster.sh stop     # stop slurmd, slurmctld and munged
-#   bash launch/slurm/local_cluster.sh status   # exit 0 when the node is up and usable
+#   bash launch/slurm/local_cluster.sh start [--nodes N]   # install (apt) if missing, configure, start; idempotent
+#   bash launch/slurm/local_cluster.sh stop                # stop every slurmd, slurmctld and munged
+#   bash launch/slurm/local_cluster.sh status              # exit 0 when every node is up and usable
 #
 # Needs root. No cgroups (proctrack/linuxproc, task/none), no accounting daemon, requeue allowed.
 # Writes /etc/slurm/slurm.conf (marked as ours; an existing foreign one is left alone and we refuse
-# to start). Daemon logs: /var/log/slurm/. Set DISTGAN_SLURM_CPUS to change the CPU count (default 2).
+# to start). Daemon logs: /var/log/slurm/. DISTGAN_SLURM_CPUS sets the CPUs of each node (default 2,
+# whatever the hardware has: the nodes share this machine's cores); DISTGAN_SLURM_NODES the node count
+# when --nodes is not given (default 1).
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 MARK="# written by distgan launch/slurm/local_cluster.sh"
-NODE=localhost
+NODES=${DISTGAN_SLURM_NODES:-1}
 CPUS=${DISTGAN_SLURM_CPUS:-2}
+FIRST_PORT=17001  # node nI's slurmd listens on FIRST_PORT + I - 1
 LOG_DIR=/var/log/slurm
-START_TIMEOUT=${DISTGAN_SLURM_START_TIMEOUT:-40}
+START_TIMEOUT=${DISTGAN_SLURM_START_TIMEOUT:-60}
 
 die() { echo "local_cluster.sh: error: $*" >&2; exit 1; }
 log() { echo "local_cluster.sh: $*" >&2; }
@@ -40,8 +47,14 @@ install_packages() {
     } || die "apt-get install ${missing[*]} failed (see /tmp/distgan-slurm-apt.log)"
 }
 
+node_names() { seq -f 'n%g' 1 "$NODES"; }
+
+node_list() { if (( NODES == 1 )); then echo n1; else echo "n[1-$NODES]"; fi; }
+
 write_config() {
-    mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd
+    mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld
+    local node i=0
+    for node in $(node_names); do mkdir -p "/var/spool/slurmd/$node"; done
     if [[ -f $CONF ]] && ! grep -qF "$MARK" "$CONF"; then
         die "$CONF exists and was not written by this script; refusing to overwrite it"
     fi
@@ -50,16 +63,17 @@ write_config() {
     cat >"$tmp" <<EOF
 $MARK
 ClusterName=distgan
-SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+# One slurmd per node on this host (%n: the node name).
+SlurmdSpoolDir=/var/spool/slurmd/%n
+SlurmdPidFile=/run/slurmd-%n.pid
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
 # No cgroups: track processes by parent pid, no task binding.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -79,9 +93,13 @@ JobRequeue=1
 KillWait=10
 MinJobAge=300
 SchedulerParameters=sched_interval=2,bf_interval=2
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+    for node in $(node_names); do
+        echo "NodeName=$node NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((FIRST_PORT + i)) CPUs=$CPUS" \
+             "Sockets=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=1000 State=UNKNOWN" >>"$tmp"
+        i=$((i + 1))
+    done
+    echo "PartitionName=debug Nodes=$(node_list) Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >>"$tmp"
     if [[ -f $CONF ]] && cmp -s "$tmp" "$CONF"; then
         rm -f "$tmp"
         CHANGED=0
@@ -93,6 +111,12 @@ EOF
 }
 
 running() { pgrep -x "$1" >/dev/null 2>&1; }
+
+slurmd_running() {  # NODE: its own slurmd is alive (found by its pid file)
+    local pid
+    pid=$(cat "/run/slurmd-$1.pid" 2>/dev/null) || return 1
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == slurmd ]]
+}
 
 start_munge() {
     if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
@@ -117,9 +141,25 @@ start_munge() {
     die "munge does not work after starting munged (see /var/log/munge/munged.log)"
 }
 
-node_state() { sinfo -h -n "$NODE" -o '%T' 2>/dev/null | sed -n 1p; }  # sed: no SIGPIPE under pipefail
+node_states() { sinfo -h -N -o '%N %T' 2>/dev/null || true; }  # one line per node: NAME STATE
 
-usable() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
+usable() {  # every node of this configuration answers and takes jobs
+    local states node state
+    states=$(node_states)
+    for node in $(node_names); do
+        state=$(awk -v n="$node" '$1 == n {print $2; exit}' <<<"$states")
+        [[ $state =~ ^(idle|mixed|allocated|completing)$ ]] || return 1
+    done
+}
+
+resume_down_nodes() {  # a node left down or drained by an earlier run takes jobs again
+    local name state
+    while read -r name state; do
+        if [[ $state =~ (drain|down|fail) ]]; then
+            scontrol update nodename="$name" state=resume >/dev/null 2>&1 || true
+        fi
+    done < <(node_states)
+}
 
 do_start() {
     need_root
@@ -134,32 +174,27 @@ do_start() {
         /usr/sbin/slurmctld -i 2>>"$LOG_DIR/slurmctld.start.log" \
             || die "slurmctld did not start (see $LOG_DIR/slurmctld.log)"
     fi
-    if ! running slurmd; then
-        /usr/sbin/slurmd -N "$NODE" 2>>"$LOG_DIR/slurmd.start.log" \
-            || die "slurmd did not start (see $LOG_DIR/slurmd.log)"
-    fi
-    local t0=$SECONDS state
+    local node
+    for node in $(node_names); do
+        if ! slurmd_running "$node"; then
+            /usr/sbin/slurmd -N "$node" 2>>"$LOG_DIR/slurmd-$node.start.log" \
+                || die "slurmd -N $node did not start (see $LOG_DIR/slurmd-$node.log)"
+        fi
+    done
+    local t0=$SECONDS
     while (( SECONDS - t0 < START_TIMEOUT )); do
-        state=$(node_state || true)
-        case $state in
-            idle)
-                # The controller may report a saved state before slurmd answers: run a real step.
-                if ! timeout 20 srun --immediate=10 -N1 -n1 -t 1 -J distgan-probe true >/dev/null 2>&1; then
-                    sleep 0.5
-                    continue
-                fi
-                log "SLURM is up: node $NODE is $state ($(sinfo -h -o '%c' -n "$NODE") CPUs)"
-                return 0 ;;
-            mixed|allocated|completing)
-                log "SLURM is up: node $NODE is $state ($(sinfo -h -o '%c' -n "$NODE") CPUs)"
-                return 0 ;;
-            *drain*|*down*|*fail*)
-                # A node left down by an earlier run: resume it.
-                scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true ;;
-        esac
+        if usable; then
+            # The controller may report a saved state before every slurmd answers: run a real step on each.
+            if timeout 20 srun --immediate=10 -N"$NODES" -n"$NODES" -t 1 -J distgan-probe true >/dev/null 2>&1; then
+                log "SLURM is up: $NODES node(s) $(node_list), $CPUS CPUs each"
+                return 0
+            fi
+        else
+            resume_down_nodes
+        fi
         sleep 0.5
     done
-    die "SLURM did not come up within ${START_TIMEOUT}s (node state: '${state:-none}'; see $LOG_DIR/*.log)"
+    die "SLURM did not come up within ${START_TIMEOUT}s (nodes: $(node_states | tr '\n' ' ')); see $LOG_DIR/*.log"
 }
 
 stop_daemon() {
@@ -183,17 +218,32 @@ do_stop() {
 }
 
 do_status() {
-    if usable; then
-        echo "node $NODE: $(node_state)"
+    NODES=$(node_states | grep -c '^n[0-9]' || true)
+    if (( NODES > 0 )) && usable; then
+        node_states
     else
-        echo "SLURM is not usable (node state: '$(node_state || true)')" >&2
+        echo "SLURM is not usable (nodes: '$(node_states | tr '\n' ' ')')" >&2
         return 1
     fi
 }
 
-case ${1:-} in
+usage() { echo "usage: $0 start [--nodes N] | stop | status" >&2; exit 2; }
+
+command=${1:-}
+[[ $# -gt 0 ]] && shift
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --nodes) [[ $# -ge 2 ]] || usage; NODES=$2; shift 2 ;;
+        --nodes=*) NODES=${1#--nodes=}; shift ;;
+        *) usage ;;
+    esac
+done
+[[ $NODES =~ ^[1-9][0-9]?$ ]] && (( NODES <= 16 )) || die "--nodes must be an integer from 1 to 16, got '$NODES'"
+[[ $CPUS =~ ^[1-9][0-9]{0,2}$ ]] || die "DISTGAN_SLURM_CPUS must be a positive integer, got '$CPUS'"
+
+case $command in
     start) do_start ;;
     stop) do_stop ;;
     status) do_status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    *) usage ;;
 esac
