@@ -7,6 +7,7 @@
   checkpoint at the step the signal came, no traceback, and the requeued job resumes from it;
 - SIGKILL to one node's training processes: the job ends quickly, the log names the lost ranks, and a
   resubmission resumes from the newest intact checkpoint;
+- 2 nodes x 2 processes read every image once, in the order of 1 node x 4 processes;
 - the production time-limit warning (`--signal=USR1@60`).
 In CI (CI=true) a missing cluster fails these tests.
 """
@@ -27,11 +28,14 @@ from slurm_support import (
     metric_steps,
     node_trainers,
     release_requeued,
+    submit,
     train_job,
     wait_for,
     wait_for_training,
     wait_until_done,
 )
+
+from distgan.data import build_loader
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +63,40 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def assert_no_traceback(log: str) -> None:
     assert "Traceback" not in log, log[max(0, log.find("Traceback") - 2000):][:6000]
+
+
+PROBE_JOB = """#!/usr/bin/env bash
+# tests/loader_probe.py on every node of the job, through the same per-node launcher as train.sbatch.
+set -euo pipefail
+FIRST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
+ADDR=$(scontrol show node -o "$FIRST" | sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p')
+srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+    launch/slurm/node.sh "$ADDR" $((20000 + SLURM_JOB_ID % 10000)) tests/loader_probe.py "$@"
+"""
+
+
+def test_two_nodes_read_every_image_once_in_the_single_node_order(slurm_two_nodes, mnist_shards, tmp_path):
+    """2 nodes x 2 processes x 2 loader workers: every image of the epoch once over the 4 ranks, equal batch
+    counts (the probe all-reduces per batch), and each rank's batches those of the same rank of 1 node x 4
+    processes (the loader's order depends on (seed, epoch, rank, world size) only, not on the nodes)."""
+    split, probe_out, out = mnist_shards / "train", tmp_path / "probe", tmp_path / "job.out"
+    script = tmp_path / "probe.sbatch"
+    script.write_text(PROBE_JOB)
+    job = submit(["--job-name=distgan-probe", f"--output={out}", "--time=5", "--nodes=2", "--cpus-per-task=2",
+                  str(script), str(split), str(probe_out), "4", "2"])
+    try:
+        info = wait_until_done(job, out, 180)
+    finally:
+        kill_job(job)
+    assert info.get("JobState") == "COMPLETED", f"{info}\n{out.read_text()[-6000:]}"
+    assert "2 node(s) x 2 process(es) (CPU, gloo)" in out.read_text()
+    ranks = [json.loads((probe_out / f"rank{r}.json").read_text()) for r in range(4)]
+    assert [r["world_size"] for r in ranks] == [4] * 4
+    keys = [k for r in ranks for batch in r["batches"] for k in batch]
+    assert len(keys) == len(set(keys)) and 10000 - len(keys) < 4 * 64
+    for r, rank in enumerate(ranks):
+        single_node = build_loader(split, batch_size=64, rank=r, world_size=4, num_workers=0, seed=7, epoch=1)
+        assert rank["batches"] == [b["key"] for b in single_node], r
 
 
 def test_two_nodes_preempted_and_resumed_equal_an_uninterrupted_run(slurm_two_nodes, mnist_shards, tmp_path):
