@@ -222,7 +222,8 @@ class Config(Section):
     mixed_precision: Annotated[Literal["no", "bf16", "fp16"], BeforeValidator(_no_is_no)] = "no"
     resume: Text = "auto"  # auto | never | path to a checkpoint directory
     # A label, not a hyperparameter: load_config sets it to the config file's stem unless the YAML sets it;
-    # run.dir=auto uses it. None for the built-in defaults.
+    # run.dir=auto uses it. None for the built-in defaults. (pydantic's Rust regex: `$` is the end of the text,
+    # so "name\n" is refused; tests/test_config.py::test_name_pattern_is_exact.)
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)] | None = None
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -307,6 +308,115 @@ def _validated(data: Any, source: str | None = None) -> Config:
         raise UserError(prefix + _one_line(errors[0])) from None
 
 
+# --- bounded YAML ---------------------------------------------------------------------------------------
+# Every YAML text a user hands distgan (config files, overrides, sweep files, a checkpoint's config.yaml)
+# is parsed by load_yaml_text. yaml.safe_load alone has no bounds: anchors and aliases (`&a [*b, *b, ...]`
+# nested 9 deep) build a value that anything walking it (pydantic, repr) sees as billions of items (45 s and
+# 6 GB before the one-line error), an alias inside its own anchor makes a list that contains itself, and
+# PyYAML's recursive composer ends 1,000 `[` in a RecursionError traceback. distgan's own files use no
+# anchors; aliases stay allowed within MAX_YAML_ALIAS_NODES, so a hand-written `d_hidden: *widths` works.
+
+MAX_YAML_BYTES = 1 << 20  # characters of one YAML text: distgan's configs and sweeps are a few KB
+MAX_YAML_DEPTH = 64  # nesting levels, as written and with aliases expanded (a config has 3)
+MAX_YAML_ALIAS_NODES = 10_000  # values that expanding the aliases may add to a document
+_SIZE_CAP = 10**9  # expanded sizes are counted up to this (no huge integers for a deep chain of aliases)
+
+
+class _YamlLimit(Exception):
+    """A YAML text over one of the bounds above; load_yaml_text turns it into a UserError."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that stops composing past MAX_YAML_DEPTH levels (before Python's recursion limit)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """SafeLoader's compose_node, counting the levels it recurses into."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise _YamlLimit(f"nests deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    """The nodes directly inside `node` (a mapping's keys and values)."""
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse (_YamlLimit) a document whose aliases expand to over MAX_YAML_ALIAS_NODES more nodes than it
+    holds, nest deeper than MAX_YAML_DEPTH once expanded, or refer to their own anchor (endless).
+
+    One iterative walk over the distinct nodes (an aliased node is one object, seen once), sizes memoised.
+    """
+    size: dict[int, int] = {}  # id(node) -> nodes in it, every alias expanded (capped at _SIZE_CAP)
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()  # the nodes being walked: one met again is inside itself
+    stack: list[tuple[yaml.Node, list[yaml.Node] | None]] = [(root, None)]  # kids: set once the node is open
+    while stack:
+        node, kids = stack.pop()
+        key = id(node)
+        if kids is not None:  # all its kids are done
+            on_path.discard(key)
+            size[key] = min(_SIZE_CAP, 1 + sum([size[id(k)] for k in kids]))
+            depth[key] = 1 + max([depth[id(k)] for k in kids], default=0)
+        elif key in on_path:
+            raise _YamlLimit("uses an alias (*name) inside its own anchor (&name), a value without end")
+        elif key not in size:
+            kids = _children(node)
+            if not kids:  # a scalar (or an empty collection): nothing to open
+                size[key], depth[key] = 1, 1
+                continue
+            on_path.add(key)
+            stack.append((node, kids))
+            stack.extend((kid, None) for kid in kids if id(kid) not in size)
+    if size[id(root)] - len(size) > MAX_YAML_ALIAS_NODES:
+        raise _YamlLimit(f"has aliases (*name) that expand to over {MAX_YAML_ALIAS_NODES} more values than "
+                         f"it spells out")
+    if depth[id(root)] > MAX_YAML_DEPTH:
+        raise _YamlLimit(f"nests deeper than {MAX_YAML_DEPTH} levels once its aliases (*name) are expanded")
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """`yaml.safe_load(text)` within bounds: a text over MAX_YAML_BYTES, nested deeper than MAX_YAML_DEPTH
+    or whose aliases expand past MAX_YAML_ALIAS_NODES is a one-line UserError starting with `source`
+    (say, the file's path). A syntax error stays a yaml.YAMLError, for the caller to phrase with its remedy.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{source}: {len(text)} characters of YAML, more than the {MAX_YAML_BYTES} read here; "
+                        f"is it the right file?")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node)
+        return loader.construct_document(node)
+    except _YamlLimit as e:
+        raise UserError(f"{source}: the YAML {e}; write the values out plainly") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """Parse YAML file `path` with load_yaml_text, reading at most MAX_YAML_BYTES + 1 bytes of it (a bigger
+    file is a UserError naming `what` and the path). OSError, UnicodeDecodeError and yaml.YAMLError propagate."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)  # no more than this, even from a file that grows or lies in stat
+    if len(data) > MAX_YAML_BYTES:
+        raise UserError(f"{what} {path} is over {MAX_YAML_BYTES} bytes, too big for a YAML {what}; is it the "
+                        f"right file?")
+    return load_yaml_text(data.decode("utf-8"), f"{what} {path}")
+
+
 # --- loading --------------------------------------------------------------------------------------------
 
 
@@ -318,8 +428,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(raw, f"override {key}=...") if raw != "" else ""
+    except yaml.YAMLError:  # not YAML: the text itself (`name=a: b`), as the config's checks then see it
         value = raw
     return key.split("."), value
 
@@ -341,7 +451,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise UserError(f"config file {path} not found (see configs/ for examples)")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml_file(path, "config file") or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

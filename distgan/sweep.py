@@ -35,13 +35,13 @@ from typing import Any
 import yaml
 
 from distgan.atomic import write_text_atomic
-from distgan.config import load_config
+from distgan.config import load_config, load_yaml_text, read_yaml_file
 from distgan.errors import UserError
 
 MAX_TRIALS = 100_000
 MANIFEST = "sweep.json"
 SUMMARY_CSV = "summary.csv"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: `$` would also pass "name\n"
 
 
 @dataclass
@@ -93,7 +93,7 @@ def render(value: Any) -> str:
     text = _dump(value)
     if isinstance(value, str) and value:
         try:
-            if yaml.safe_load(value) == value:
+            if load_yaml_text(value, f"sweep value {value[:40]!r}") == value:
                 text = value  # plain: hinge, 1e-4 (a string to YAML 1.1, a number to the config)
         except yaml.YAMLError:
             pass
@@ -128,7 +128,7 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (one-line UserError naming the file and the problem)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml_file(path, "sweep file")
     except FileNotFoundError:
         raise UserError(f"sweep file {path} not found (see configs/sweeps/)") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -141,7 +141,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if unknown:
         raise UserError(f"sweep file {path}: unknown key {unknown[0]!r} (known: name, base, overrides, grid, trials)")
     name = data.get("name", re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-") or "sweep")
-    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 100:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 100:
         raise UserError(f"sweep file {path}: name {name!r} must be letters, digits, '.', '_' or '-'")
     base = data.get("base")
     if not isinstance(base, str) or not base:
@@ -245,24 +245,48 @@ def _locked(run_dir: Path) -> bool:
     return False
 
 
+def valid_fid(value: Any) -> float | None:
+    """`value` as an FID that can rank a trial: a finite number >= 0 (FID is a distance). NaN, inf, a negative
+    number, a bool or anything else is no FID (None): such a trial sorts last, with an empty best_fid."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        fid = float(value)
+    except OverflowError:  # an integer too large for a float: JSON reads 400 digits as a Python int
+        return None
+    return fid if math.isfinite(fid) and fid >= 0 else None
+
+
+def _run_config(run_dir: Path) -> Any:
+    """RUN_DIR/config.yaml's data, or None when absent or unreadable (the summary then knows no step target)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return read_yaml_file(path, "run config")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, UserError):  # one bad run must not hide the others
+        return None
+
+
 def trial_row(run_dir: Path, trial: dict[str, Any] | None) -> dict[str, Any]:
     """One trial's summary: index, overrides, steps done and planned, status, best FID and the other scores
     logged with it (from metrics.jsonl when present), from the run's files only."""
     from distgan.training.checkpoint import STATE_FILE, complete_checkpoints
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+    cfg = _run_config(run_dir)
     target = (cfg or {}).get("train", {}).get("steps") if isinstance(cfg, dict) else None
     step, best_fid = 0, None
     ckpts = complete_checkpoints(run_dir, warn=False)
     if ckpts:
         state = (_read_json(ckpts[-1][1] / STATE_FILE) or {}).get("state", {})
-        step, best_fid = int(state.get("step") or 0), state.get("best_fid")
+        step, best_fid = int(state.get("step") or 0), valid_fid(state.get("best_fid"))
     scores: dict[str, Any] = {}
     best_step = None
-    evals = [r for r in _metric_rows(run_dir) if isinstance(r.get("eval/fid"), int | float)]
+    # Only valid FIDs compete: with a NaN among them, min() would keep whichever came first.
+    evals = [(fid, r) for r in _metric_rows(run_dir) if (fid := valid_fid(r.get("eval/fid"))) is not None]
     if evals:
-        best = min(evals, key=lambda r: (r["eval/fid"], r["step"]))
-        best_fid, best_step = best["eval/fid"], best["step"]
+        best_fid, best = min(evals, key=lambda e: (e[0], e[1]["step"]))
+        best_step = best["step"]
         scores = {k[5:]: v for k, v in best.items() if k.startswith("eval/") and k != "eval/fid"}
     if _locked(run_dir):
         status = "running"
@@ -299,8 +323,8 @@ def summarize(root: str | Path) -> list[dict[str, Any]]:
     rows = [trial_row(dirs.get(n, root / n), trials.get(n)) for n in names]
 
     def order(row: dict[str, Any]) -> tuple:
-        fid = row["best_fid"]
-        return (fid is None or not math.isfinite(fid), fid if fid is not None else 0.0,
+        fid = valid_fid(row["best_fid"])  # None (no valid FID) sorts after every number
+        return (fid is None, fid if fid is not None else 0.0,
                 row["index"] if row["index"] is not None else math.inf, row["trial"])
 
     return sorted(rows, key=order)

@@ -4,12 +4,15 @@ timeouts, and a session-wide set of prepared webdataset shards."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_RAW = Path(os.environ.get("DISTGAN_MNIST_RAW", REPO.parent / "shared" / "data" / "mnist"))
@@ -54,6 +57,53 @@ def run_cli(args: list[str], *, timeout: float, cwd: Path | None = None, env: di
     return proc
 
 
+def cap_address_space(limit: int = 2 << 30):
+    """A subprocess preexec_fn capping the child's address space (RLIMIT_AS) at `limit` bytes: a runaway
+    allocation fails there (MemoryError) instead of taking the machine's memory."""
+    import resource
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+_TIMED_CALL = """
+import json, sys, time
+from distgan.errors import UserError
+from {module} import {func} as f
+start = time.monotonic()
+try:
+    f(*{args!r})
+    error = None
+except UserError as e:
+    error = str(e)
+print(json.dumps({{"error": error, "seconds": time.monotonic() - start}}))
+"""
+
+
+def timed_call(module: str, func: str, *args, limit: int = 2 << 30, timeout: float = 120) -> tuple[str | None, float]:
+    """(UserError message or None, seconds) of `module.func(*args)` (args: Python literals) in a fresh
+    process whose address space is capped at `limit` bytes; any other exception fails the test."""
+    code = _TIMED_CALL.format(module=module, func=func, args=args)
+    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap_address_space(limit))
+    assert proc.returncode == 0, f"exited {proc.returncode}\n{proc.stderr[-3000:]}"
+    import json
+
+    out = json.loads(proc.stdout.splitlines()[-1])
+    return out["error"], out["seconds"]
+
+
+def yaml_alias_bomb(levels: int, width: int = 9) -> str:
+    """A one-line YAML flow list of `width` items whose first item anchors the level below and the others
+    alias it, `levels` deep: a few hundred bytes that expand to width**levels values (9 levels: 387 million)."""
+    value = "&a0 [" + ", ".join(["1"] * width) + "]"
+    for k in range(1, levels):
+        value = f"&a{k} [{value}, " + ", ".join([f"*a{k - 1}"] * (width - 1)) + "]"
+    return value
+
+
 def accelerate_launch(args: list[str], *, num_processes: int = 2, timeout: float, env: dict | None = None,
                       cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run `accelerate launch --multi_gpu --num_processes N ARGS` on CPU (gloo) with a hard timeout."""
@@ -76,12 +126,25 @@ def mnist_raw() -> Path:
     return MNIST_RAW
 
 
+def make_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
+    """`make(PATH)` once per test run, shared by every pytest-xdist worker of the run (the first to take the
+    lock makes it, the others wait and reuse it); PATH is returned. Without xdist: once per session."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's own folder either way
+    path, made = root / name, root / f"{name}.made"
+    with FileLock(str(root / f"{name}.lock")):
+        if not made.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            made.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def mnist_shards(tmp_path_factory, mnist_raw) -> Path:
-    """`distgan prepare` output from the real MNIST files, made once per test session."""
-    out = tmp_path_factory.mktemp("mnist_shards")
-    run_cli(["prepare", "--raw-dir", str(mnist_raw), "--out", str(out)], timeout=300)
-    return out
+    """`distgan prepare` output from the real MNIST files, made once per test run."""
+    return make_once(tmp_path_factory, "mnist_shards", lambda out: run_cli(
+        ["prepare", "--raw-dir", str(mnist_raw), "--out", str(out)], timeout=300))
 
 
 def wandb_records(run_dir: Path) -> list[dict]:

@@ -18,17 +18,17 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def classifier_file(tmp_path_factory, mnist_shards: Path) -> Path:
-    """Path of a classifier trained by `distgan train-classifier` on the session's shards (made once)."""
-    from conftest import run_cli, test_env
+    """Path of a classifier trained by `distgan train-classifier` on the session's shards (made once per
+    test run, shared by the pytest-xdist workers)."""
+    from conftest import make_once, run_cli, test_env
 
-    out = tmp_path_factory.getbasetemp() / "eval_classifier" / "classifier.pt"
-    if not out.exists():
-        # the session's only training: two threads (CI runs tests one at a time)
+    def train(folder: Path) -> None:
+        out = folder / "classifier.pt"
         proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out), "--epochs", "5"],
-                       timeout=600,
-                       env=test_env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2"))
-        (out.parent / "train.log").write_text(proc.stdout)
-    return out
+                       timeout=600, env=test_env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2"))
+        (folder / "train.log").write_text(proc.stdout)
+
+    return make_once(tmp_path_factory, "eval_classifier", train) / "classifier.pt"
 
 
 class LookupGenerator(nn.Module):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
 import typing
 
 import annotated_types
 import pytest
 import yaml
-from conftest import REPO, child_env, run_cli
+from conftest import PYTHON, REPO, cap_address_space, child_env, run_cli, timed_call, yaml_alias_bomb
 from pydantic.fields import FieldInfo
 
 from distgan.config import (
+    MAX_YAML_BYTES,
+    MAX_YAML_DEPTH,
     RESUMABLE_KEYS,
     Config,
     Section,
@@ -21,6 +24,7 @@ from distgan.config import (
     describe_conflicts,
     dump_config,
     load_config,
+    load_yaml_text,
     model_fingerprint,
     parse_override,
     resume_conflicts,
@@ -307,3 +311,61 @@ def test_print_config_reports_bad_keys_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "distgan train: error: config key 'train.lr_d': must be a finite number, got inf"]
+
+
+# -- bounded YAML: alias bombs, self-referring anchors, deep nesting, huge files ---------------------------
+
+@pytest.mark.slow  # child processes capped at 2 GB of address space: without the bound a bomb fails there
+@pytest.mark.parametrize("levels", [9, 10])
+def test_yaml_alias_bombs_are_refused_at_once(tmp_path, levels):
+    """Before the fix, 9 levels in model.g_hidden took 45 s and 6 GB (pydantic and repr walk 387 million
+    values) before the one-line error."""
+    bomb = yaml_alias_bomb(levels)
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"model:\n  g_hidden: {bomb}\n")
+    for args, source in (((str(path),), f"config file {path}: "),
+                         ((None, [f"model.g_hidden={bomb}"]), "override model.g_hidden=...: ")):
+        error, seconds = timed_call("distgan.config", "load_config", *args)
+        assert error and "\n" not in error and error.startswith(source) and "aliases (*name)" in error, error
+        assert seconds < 2, f"{seconds:.1f} s to refuse a {levels}-level alias bomb"
+    proc = subprocess.run([PYTHON, "-m", "distgan", "train", "--config", str(path), "--print-config"], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=120,
+                          preexec_fn=cap_address_space())
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("distgan train: error: config file")
+
+
+def test_yaml_bounds(tmp_path):
+    """Aliases within the bound still work; an alias inside its own anchor, nesting past MAX_YAML_DEPTH
+    (a RecursionError traceback before) and a text over MAX_YAML_BYTES are one-line UserErrors."""
+    path = tmp_path / "widths.yaml"
+    path.write_text("model:\n  g_hidden: &w [8, 16]\n  d_hidden: *w\n")
+    assert load_config(path).model.d_hidden == [8, 16]
+    cases = {"model: {g_hidden: &a [*a, 1]}": "inside its own anchor",
+             "model:\n  g_hidden: " + "[" * 3000 + "]" * 3000: f"nests deeper than {MAX_YAML_DEPTH} levels",
+             "a0: &a0 [1]\n" + "".join(f"a{k}: &a{k} [*a{k - 1}]\n" for k in range(1, 100)):
+                 "once its aliases (*name) are expanded",
+             "x: " + "1" * MAX_YAML_BYTES: f"is over {MAX_YAML_BYTES} bytes"}
+    for text, message in cases.items():
+        path.write_text(text)
+        with pytest.raises(UserError) as exc:
+            load_config(path)
+        msg = str(exc.value)
+        assert "\n" not in msg and msg.startswith(f"config file {path}") and message in msg, msg
+    with pytest.raises(UserError, match=f"more than the {MAX_YAML_BYTES} read here"):
+        load_yaml_text("1" * (MAX_YAML_BYTES + 1), "checkpoint config.yaml")
+    with pytest.raises(UserError, match="the YAML uses an alias"):
+        load_yaml_text("&a [*a]", "checkpoint config.yaml")
+    with pytest.raises(yaml.YAMLError):  # a syntax error is left to the caller to phrase
+        load_yaml_text("train: [unclosed", "x")
+    with pytest.raises(UserError, match="nests deeper"):
+        parse_override("model.g_hidden=" + "[" * 3000)
+
+
+def test_name_pattern_is_exact():
+    """`name` goes into run directory names: a trailing newline must not pass its pattern (pydantic's Rust
+    regex reads `$` as the end of the text; Python's re with match would let "abc\\n" through)."""
+    for name in ("abc\n", "abc\ndef", "abc/def"):
+        with pytest.raises(UserError, match="config key 'name': has characters that are not allowed"):
+            config_from_dict({"name": name})
+    assert config_from_dict({"name": "mnist_dcgan-2.1"}).name == "mnist_dcgan-2.1"

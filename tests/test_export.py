@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,56 @@ def test_push_to_hub_offline_is_one_line_and_keeps_the_folder(env_extra, message
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and f"hf upload someone/distgan-mnist {folder}" in lines[0]
     assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
+
+
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+from distgan.training.export import WEIGHTS_FILE, _write_folder
+
+def write(tmp):  # the export's first file is written, then the process is killed -9
+    (tmp / WEIGHTS_FILE).write_bytes(bytes(1000))
+    print(tmp, flush=True)
+    time.sleep(120)
+
+_write_folder(Path(sys.argv[1]), write)
+"""
+
+
+def test_next_export_removes_the_folder_a_killed_export_left(tmp_path):
+    """`kill -9` during an export leaves `.model.tmp-PID@HOST`; the next export into the same parent deletes it
+    (its process is gone), and nothing that may still be in use or is not an export's."""
+    import os
+    import signal
+    import socket
+
+    from distgan.config import load_config
+    from distgan.training.export import is_export_dir, write_export
+    from distgan.training.models import build_generator
+
+    parent = tmp_path / "exports"
+    child = subprocess.Popen([PYTHON, "-c", KILLED_EXPORT, str(parent / "model")], cwd=REPO, env=child_env(),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        left = Path(child.stdout.readline().strip())
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+        child.stdout.close()
+    assert left == parent / f".model.tmp-{child.pid}@{socket.gethostname()}" and left.is_dir()
+    dead = child.pid
+    keep = {parent / f".model.tmp-{os.getpid()}": "model.safetensors",  # alive: an export in progress
+            parent / f".model.tmp-{dead}@another-host": "model.safetensors",  # its pid says nothing here
+            parent / f".notes.tmp-{dead}": "notes.txt"}  # not an export's files
+    for folder, name in keep.items():
+        folder.mkdir()
+        (folder / name).write_text("keep")
+    (parent / f".file.tmp-{dead}").write_text("keep")
+    legacy = parent / f".old.tmp-{dead}"  # named as before the host was added
+    legacy.mkdir()
+    (legacy / "config.json").write_text("{}")
+    cfg = load_config(REPO / "configs" / "debug.yaml", [])
+    write_export(parent / "model", build_generator(cfg.model), cfg, step=None)
+    assert is_export_dir(parent / "model") and not left.exists() and not legacy.exists()
+    assert all((folder / name).read_text() == "keep" for folder, name in keep.items())
+    assert sorted(p.name for p in parent.iterdir()) == sorted(["model", f".file.tmp-{dead}", *(f.name for f in keep)])

@@ -16,23 +16,29 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import REPO, child_env, run_cli
 from safetensors.torch import load_file, save_file
 
+from distgan.atomic import WriteError
+from distgan.config import load_config
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 from distgan.training.checkpoint import (
     BEST,
     EMA_FILE,
     MARKER,
+    TrainState,
     checkpoint_problem,
     complete_checkpoints,
     latest_checkpoint,
     resolve_checkpoint,
+    save_checkpoint,
 )
+from distgan.training.run_dir import RunDir
 
 pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
 
@@ -395,6 +401,103 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_earlier_checkpoints(mnist
         proc = ok(train(mnist_shards, run, "train.steps=20"))
         assert f"resumed from {ckpts / STEP10} at step 10" in proc.stdout + proc.stderr
         assert checkpoint_problem(ckpts / STEP20) is None
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SimpleNamespace:
+    """`tiny.save(run_dir, step)`: `save_checkpoint` of a tiny real model (one Adam step taken, so the
+    optimizer file is tens of KB) with a real in-process CPU Accelerator `tiny.acc`."""
+    from accelerate import Accelerator
+
+    from distgan.training.precision import Precision
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    g, d = torch.nn.Linear(64, 64), torch.nn.Linear(64, 1)
+    opt = torch.optim.Adam([*g.parameters(), *d.parameters()])
+    (g(torch.randn(2, 64)).sum() + d(torch.randn(2, 64)).sum()).backward()
+    opt.step()
+    g, d, opt = acc.prepare(g, d, opt)
+    ema = torch.nn.Linear(64, 64)
+
+    def save(run_dir: Path, step: int) -> Path:
+        return save_checkpoint(acc, run_dir, state=TrainState(step=step), ema=ema,
+                               precision=Precision("no", acc.device), config_yaml="probe: true\n", keep=100)
+
+    return SimpleNamespace(acc=acc, save=save)
+
+
+def test_full_disk_inside_torchs_zip_writer_is_one_line(tiny, tmp_path):
+    """torch.save (accelerate's optimizer file) loses the errno of a full disk: `RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos`. On a 600 KB tmpfs left with room for the model files and half the
+    optimizer file, that write fails for real; it must be the same one line as any full disk."""
+    sizes = {p.name: p.stat().st_size for p in tiny.save(tmp_path / "sizes", 1).iterdir()}
+    ckpts = tmp_path / "run" / "checkpoints"
+    with tmpfs(ckpts, "600k"):
+        tiny.save(tmp_path / "run", 1)
+        fill(ckpts)
+        page = os.statvfs(ckpts).f_frsize
+        pages = sum(-(-n // page) for name, n in sizes.items() if name.startswith("model"))
+        pages += -(-sizes["optimizer.bin"] // page) // 2
+        os.truncate(ckpts / "filler", (ckpts / "filler").stat().st_size - pages * page)
+        with pytest.raises(WriteError) as info:
+            tiny.save(tmp_path / "run", 2)
+        assert str(info.value) == (f"cannot save checkpoint {ckpts / 'step_0000002'}: no space left on device; "
+                                   "free space or set run.dir elsewhere (earlier checkpoints are intact)")
+        assert info.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in ckpts.iterdir()) == ["filler", "step_0000001"]  # no temporary, no probe
+        assert latest_checkpoint(tmp_path / "run") == ckpts / "step_0000001"
+
+
+def test_a_step_dir_without_marker_is_removed_by_the_next_save(tiny, tmp_path, caplog):
+    """What an interrupted copy (or a save of the old in-place layout) leaves: a `step_*` with files but no
+    marker. It was warned about at every resume and never removed; the next save deletes it, only it."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    tiny.save(run, 1)
+    tiny.save(run, 3)
+    shutil.copytree(ckpts / "step_0000001", ckpts / "step_0000005", ignore=shutil.ignore_patterns(MARKER, "opt*"))
+    _truncate(ckpts / "step_0000003" / "model.safetensors")  # sealed but damaged: the user's to judge, kept
+    (ckpts / "notes.txt").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="distgan.training.checkpoint"):
+        tiny.save(run, 7)
+    removed = [r.getMessage() for r in caplog.records if "step_0000005" in r.getMessage()]
+    assert len(removed) == 1 and "removing incomplete checkpoint" in removed[0], removed
+    assert sorted(p.name for p in ckpts.iterdir()) == ["notes.txt", "step_0000001", "step_0000003", "step_0000007"]
+    assert (ckpts / "notes.txt").read_text() == "mine" and "truncated" in checkpoint_problem(ckpts / "step_0000003")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distgan.training.checkpoint"):
+        assert [s for s, _ in complete_checkpoints(run)] == [1, 3, 7]
+    assert not caplog.records  # no more "ignoring incomplete checkpoint" at each resume
+
+
+def test_resume_auto_refuses_when_every_checkpoint_is_damaged(tiny, tmp_path):
+    """Every checkpoint damaged used to mean two warnings and a silent restart from step 0 over the run."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    for step in (1, 2):
+        tiny.save(run, step)
+    _truncate(ckpts / "step_0000001" / "model.safetensors")
+    _garble(ckpts / "step_0000002" / "optimizer.bin")
+    before = {p: p.read_bytes() for p in ckpts.rglob("*") if p.is_file()}
+
+    def resume_point(run_dir: Path, resume: str) -> Path | None:
+        cfg = load_config(REPO / DEBUG, [f"run.dir={run_dir}", f"resume={resume}"])
+        run_dir_obj = RunDir(run_dir, tiny.acc)
+        try:
+            return run_dir_obj.resume_point(cfg)
+        finally:
+            run_dir_obj.close()
+
+    with pytest.raises(UserError) as info:
+        resume_point(run, "auto")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"cannot resume {run}: none of its 2 checkpoint(s) is intact")
+    for needle in ("step_0000002", "optimizer.bin", "corrupt", "new run.dir", "resume=never", str(ckpts)):
+        assert needle in message, (needle, message)
+    with pytest.raises(UserError, match="resume=never but .* already has checkpoints"):
+        resume_point(run, "never")  # unchanged: never is never, damaged checkpoints count
+    assert {p: p.read_bytes() for p in ckpts.rglob("*") if p.is_file()} == before  # nothing touched
+    assert resume_point(tmp_path / "fresh", "never") is None  # the way to start fresh on purpose
+    assert resume_point(tmp_path / "fresh", "auto") is None  # no checkpoints at all: a new run, as before
 
 
 def test_read_only_checkpoints_directory_is_one_line_and_stays_readable(mnist_shards, tmp_path):

@@ -15,11 +15,13 @@ import signal
 import subprocess
 import tarfile
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import PYTHON, REPO, child_env, run_cli
+from conftest import PYTHON, REPO, cap_address_space, child_env, run_cli
 
 from distgan.data import build_loader, load_split, samples_per_epoch
 from distgan.data.idx import FILES, parse_idx
@@ -291,6 +293,43 @@ def test_oversized_member_is_refused_before_reading(split_copy):
         read_shard(path)
     msg = str(exc.value)
     assert "\n" not in msg and str(path) in msg and f"declares {2 * MiB} bytes" in msg and "784000" in msg
+
+
+# -- npz sources whose .npy header lies -------------------------------------------------------------
+
+def _npz_with_header(path: Path, shape: tuple[int, ...], data: bytes, *, compressed: bool) -> Path:
+    """A .npz with one member, images.npy: a hand-written .npy header declaring uint8 `shape`, then `data`."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as zf:
+        zf.writestr("images.npy", header.getvalue() + data)
+    return path
+
+
+def _prepare_npz_capped(npz: Path, out: Path) -> subprocess.CompletedProcess:
+    """`distgan prepare --npz NPZ --out OUT` in a process capped at 2 GB of address space."""
+    return subprocess.run([PYTHON, "-m", "distgan", "prepare", "--npz", str(npz), "--out", str(out)], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=180,
+                          preexec_fn=cap_address_space(2 << 30))
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+@pytest.mark.parametrize("shape, message", [((100000, 512, 512), "bytes per array are read here"),
+                                            ((7000, 512, 512), f"holds {25 * MiB} bytes of data")],
+                         ids=["over_the_caps", "more_than_it_holds"])
+def test_npz_header_that_lies_is_refused_with_bounded_memory(tmp_path, compressed, shape, message):
+    """25 MB of zeros behind a header declaring 26 GB (over the caps) or 1.8 GB (under them, more than the
+    member holds). Before the fix numpy allocated what the header declared and `prepare` died of
+    _ArrayMemoryError, a traceback; without the 2 GB limit, a big node would have tried."""
+    good = tmp_path / "good.npz"
+    (np.savez_compressed if compressed else np.savez)(
+        good, images=np.random.default_rng(0).integers(0, 256, (100, 28, 28), dtype=np.uint8))
+    proc = _prepare_npz_capped(good, tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the limit leaves room for a real prepare
+    bad = _npz_with_header(tmp_path / "bad.npz", shape, bytes(25 * MiB), compressed=compressed)
+    assert bad.stat().st_size < (26 * MiB if not compressed else MiB)
+    line = _one_line_error(_prepare_npz_capped(bad, tmp_path / "out"))
+    assert str(bad) in line and "member images.npy" in line and message in line, line
 
 
 # -- prepare: ownership of the output directory, and one prepare at a time ----------------------

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import PYTHON, REPO, child_env, run_cli
@@ -99,3 +100,28 @@ def test_resume_auto_refuses_another_experiment_and_run_dir_auto_survives_a_requ
         "values on purpose"]
     again = run_cli([*base, "train.steps=20"], timeout=180, cwd=tmp_path, env=env)  # the requeued job
     assert "finished at step 20" in again.stdout and "resumed from" in again.stdout + again.stderr
+
+
+def test_run_dir_auto_is_new_for_runs_started_in_the_same_second(tmp_path, monkeypatch):
+    """Outside SLURM two runs started within one second got the same runs/<name>-<timestamp> (the second then
+    hit the lock or resumed the first); each now claims its own with an exclusive mkdir. Under SLURM the
+    name is the job id, unchanged, so a requeued job finds its directory again."""
+    from accelerate import Accelerator
+
+    from distgan.config import load_config
+    from distgan.training.run_dir import resolve_run_path
+
+    acc = Accelerator(cpu=True)
+    monkeypatch.chdir(tmp_path)
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config(REPO / "configs" / "debug.yaml", ["run.dir=auto"])
+    for _ in range(5):  # until both resolutions fall within one second (the first try, but for a tick)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        first, second = resolve_run_path(cfg, acc), resolve_run_path(cfg, acc)
+        if time.strftime("%Y%m%d-%H%M%S") == stamp:
+            break
+    assert (first, second) == (Path(f"runs/debug-{stamp}"), Path(f"runs/debug-{stamp}-2"))
+    assert first.is_dir() and second.is_dir() and not any(first.iterdir())
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert resolve_run_path(cfg, acc) == resolve_run_path(cfg, acc) == Path("runs/debug-4242")

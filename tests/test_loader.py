@@ -193,6 +193,25 @@ def test_damage_after_startup_surfaces_from_workers(copy7, num_workers):
     assert "test-00000" in msg and "truncated or corrupt" in msg
 
 
+@pytest.mark.parametrize("field, value", [
+    ("name", "test-000000.tar\n"),  # `$` with re.match matched before the newline: this passed validation
+    ("name", "test-\u0660\u0660\u0660\u0660\u0660\u0660.tar"),  # \d took Arabic-Indic digits
+    ("sha256", "0" * 64 + "\n"),
+])
+def test_manifest_fields_must_match_exactly(copy7, field, value):
+    path = copy7.parent / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["splits"]["test"]["shards"][0][field] = value
+    path.write_text(json.dumps(manifest, indent=2))
+    messages = [_error(copy7)]  # build_loader
+    for call in (load_split, samples_per_epoch):
+        with pytest.raises(UserError) as exc:
+            call(copy7)
+        messages.append(str(exc.value))
+    for msg in messages:
+        assert "\n" not in msg and str(path) in msg and f"'splits.test.shards[0].{field}'" in msg, msg
+
+
 def test_missing_manifest(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(UserError, match="manifest.json: missing"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,35 @@ def test_shard_size_and_stale_shards(mnist_raw, tmp_path):
     assert manifest["totals"]["shards"] == 14
     prepare(out, raw_dir=mnist_raw, shard_size=4000, progress=False, log=lambda s: None)
     assert sorted(p.name for p in (out / "train").iterdir()) == [f"train-00000{i}.tar" for i in range(3)]
+
+
+def test_a_rerun_removes_what_an_interrupted_prepare_left(mnist_shards, mnist_raw, tmp_path):
+    """A prepare killed while writing shards leaves the placeholder manifest and `atomic_path`'s temporary
+    (`.train-000001.tar.XXXXXXXX.tmp`, half written); the successful rerun deletes its own temporaries only."""
+    import shutil
+    import tempfile
+
+    from distgan.data.shards import write_incomplete_manifest
+
+    out = tmp_path / "out"
+    shutil.copytree(mnist_shards, out)
+    write_incomplete_manifest(out)
+    shard = (out / "train" / "train-000001.tar").read_bytes()
+    leftovers = []
+    for directory, name, data in ((out / "train", "train-000001.tar", shard[:len(shard) // 2]),
+                                  (out, "manifest.json", b'{"format": "dist')):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)  # as atomic_path names it
+        os.write(fd, data)
+        os.close(fd)
+        leftovers.append(Path(tmp))
+    keep = {out / "notes.tmp": b"mine", out / ".notes.abcd1234.tmp": b"mine", out / "raw" / ".x.abcd1234.tmp": b"r",
+            out / "train" / ".test-000000.tar.abcd1234.tmp": b"not a train shard", out / "train" / "x.tar.tmp": b"x"}
+    for path, data in keep.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    lines: list[str] = []
+    prepare(out, raw_dir=mnist_raw, progress=False, log=lines.append)
+    assert not any(p.exists() for p in leftovers), leftovers
+    assert any("removed 2 temporary file(s) left by an interrupted prepare" in line for line in lines), lines
+    assert all(path.read_bytes() == data for path, data in keep.items())
+    assert {k: v for k, v in _files(out).items() if out / k not in keep} == _files(mnist_shards)

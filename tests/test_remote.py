@@ -334,6 +334,23 @@ def test_bad_manifest_and_cache_dir_conflicts(serve, shards7, tmp_path, fast_ret
     assert open_dataset(str(other), None) == other  # a local path is returned as is
 
 
+@pytest.mark.parametrize("field, value", [("name", "train-000000.tar\n"), ("sha256", "f" * 64 + "\n")])
+def test_remote_manifest_fields_must_match_exactly(serve, shards7, tmp_path, field, value):
+    """`$` with re.match matched before a trailing newline: a served manifest naming "train-000000.tar\\n"
+    passed validation (and the name went into the shard's URL and cache path)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    manifest = json.loads((shards7 / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0][field] = value
+    (served / "manifest.json").write_text(json.dumps(manifest))
+    for i, url in enumerate((serve(served).url, served.as_uri())):  # http://, file://
+        with pytest.raises(UserError) as exc:
+            open_dataset(url, tmp_path / "cache" / str(i))
+        msg = one_line(exc)
+        assert msg.startswith(f"{url.rstrip('/')}/manifest.json: field 'splits.train.shards[0].{field}'"), msg
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.tar"))
+
+
 def test_fsspec_schemes_without_their_backend(tmp_path):
     pytest.importorskip("fsspec")
     try:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO, child_env, run_cli
+from conftest import BIN, REPO, child_env, run_cli, timed_call, yaml_alias_bomb
 from slurm_support import job_info
 
 from distgan.config import load_config
+from distgan.sweep import format_summary, summarize, summary_table, write_summary_csv
 
 
 def write_sweep(path: Path, data: dict) -> Path:
@@ -77,6 +78,8 @@ def test_trials_list_and_yaml_1_1_numbers(tmp_path):
     ({"base": "configs/nope.yaml", "grid": {"train.lr_g": [0.1]}}, 0, "base config configs/nope.yaml not found"),
     ({"base": "configs/debug.yaml", "grids": {}}, 0, "unknown key 'grids'"),
     ({"base": "configs/debug.yaml", "trials": [{"train.lr_g": "a\nb"}]}, 0, "cannot be written as one override"),
+    # `$` with re.match also matched before a trailing newline: this name passed, and went into run paths
+    ({"name": "lr\n", "base": "configs/debug.yaml", "grid": {"train.lr_g": [0.1]}}, 0, r"name 'lr\n' must be"),
 ])
 def test_bad_sweeps_are_one_line(tmp_path, data, index, message):
     sweep = write_sweep(tmp_path / "bad.yaml", data)
@@ -85,6 +88,63 @@ def test_bad_sweeps_are_one_line(tmp_path, data, index, message):
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("distgan sweep: error: ") and message in lines[0], proc.stderr
+
+
+@pytest.mark.slow  # a child process capped at 2 GB of address space: without the bound the bomb fails there
+@pytest.mark.parametrize("levels", [9, 10])
+def test_sweep_file_alias_bomb_is_refused_at_once(tmp_path, levels):
+    """Before the fix, render() compared the 9**levels values of the grid value with its YAML round trip."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"base: configs/debug.yaml\ngrid:\n  model.g_hidden: [{yaml_alias_bomb(levels)}]\n")
+    error, seconds = timed_call("distgan.sweep", "load_sweep", str(path))
+    assert error and "\n" not in error and error.startswith(f"sweep file {path}: ") and "aliases" in error, error
+    assert seconds < 2, f"{seconds:.1f} s to refuse a {levels}-level alias bomb"
+
+
+def _eval_rows(run_dir: Path, fids: list[float], *, nan_literals: bool) -> None:
+    """RUN_DIR/config.yaml (train.steps 4) and metrics.jsonl with one eval row per FID, at steps 1, 2, ...
+
+    Finite values go through MetricsFile.write, as the trainer writes them. With `nan_literals`, the rows are
+    json.dumps lines in the same format that keep NaN/inf as the literals NaN/Infinity (MetricsFile writes
+    null; another tool, an older distgan or a hand-edited file need not), which json.loads reads as floats.
+    """
+    from distgan.training.metrics_file import MetricsFile
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": 4}}))
+    if not nan_literals:
+        metrics = MetricsFile(run_dir, resume_step=0)
+        for step, fid in enumerate(fids, 1):
+            metrics.write(step, {"eval/fid": fid, "eval/kid": step / 10})
+        return
+    lines = [json.dumps({"step": step, "time": 1.0, "eval/fid": fid, "eval/kid": step / 10}, separators=(", ", ": "))
+             for step, fid in enumerate(fids, 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def test_summary_never_ranks_nan_inf_or_negative_fids(tmp_path):
+    """A NaN FID first in a run was its best (min() never replaces a NaN) and a negative FID ranked first;
+    now such rows count as no FID: a run's best is its best valid FID, and a run without one sorts last."""
+    root = tmp_path / "sw"
+    _eval_rows(root / "0-a", [float("nan"), 5.0, 6.0], nan_literals=True)  # NaN first: the best is 5.0
+    _eval_rows(root / "1-b", [-3.0, 8.0], nan_literals=False)  # a negative FID is no FID: the best is 8.0
+    _eval_rows(root / "2-c", [float("nan"), float("inf"), float("-inf")], nan_literals=True)  # no valid FID
+    _eval_rows(root / "3-d", [-1.0], nan_literals=False)  # no valid FID
+    _eval_rows(root / "4-e", [7.0], nan_literals=False)
+    assert "NaN" in (root / "0-a" / "metrics.jsonl").read_text()  # the defect's input, really on disk
+    rows = summarize(root)
+    assert [(r["index"], r["best_fid"], r["best_step"]) for r in rows] == \
+        [(0, 5.0, 2), (4, 7.0, 1), (1, 8.0, 2), (2, None, None), (3, None, None)]
+    assert rows[0]["scores"] == {"kid": 0.2}  # the other scores of the best row
+    table = format_summary(rows).splitlines()
+    assert not any(word in line.lower() for line in table for word in ("nan", "inf", "-3", "-1"))
+    header, cells = summary_table(rows)
+    assert [c[header.index("best_fid")] for c in cells] == ["5", "7", "8", "", ""]
+    write_summary_csv(rows, tmp_path / "s.csv")
+    with open(tmp_path / "s.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert [(r["index"], r["best_fid"]) for r in records] == [("0", "5"), ("4", "7"), ("1", "8"), ("2", ""),
+                                                              ("3", "")]
 
 
 @pytest.mark.slow

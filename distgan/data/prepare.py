@@ -5,15 +5,19 @@ directory that it locks and only ever cleans of its own files.
 Ownership: DIR may hold other things (a `raw/` download folder, notes...), but `prepare` refuses a
 DIR whose manifest.json is not distgan's, or that has no manifest but tar files in train/ or test/;
 it removes only shard files named by its own pattern (`<split>-NNNNNN.tar`) in a DIR that carries its
-manifest (of any format version). While it rewrites shards, manifest.json is a distgan placeholder that
-readers refuse, so a crash leaves neither a stale manifest over new shards nor a DIR that looks foreign.
+manifest (of any format version), and, after a success, the temporaries of those shards and of the manifest
+that an interrupted run left (`.<name>.XXXXXXXX.tmp`). While it rewrites shards, manifest.json is a distgan
+placeholder that readers refuse, so a crash leaves neither a stale manifest over new shards nor a DIR that
+looks foreign.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,7 @@ from distgan.hashing import file_sha256
 from distgan.locks import DirLock
 
 DEFAULT_SHARD_SIZE = 5000
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # distgan.atomic.atomic_path's (mkstemp)
 
 
 def check_ownership(out: Path) -> None:
@@ -67,6 +72,26 @@ def check_ownership(out: Path) -> None:
                             f"{', ...' if len(foreign) > 3 else ''}) but there is no distgan manifest.json; "
                             f"they are not distgan's, so choose a new or empty --out directory (or delete "
                             f"them if they are)")
+
+
+def _remove_temporaries(out: Path) -> int:
+    """Delete the temporary files an interrupted prepare left (`atomic_path`'s `.<name>.XXXXXXXX.tmp`, for
+    `<name>` the manifest in DIR or a shard of ours in DIR/<split>); nothing else. Returns how many."""
+    places: list[tuple[Path, Callable[[str], bool]]] = [(out, lambda name: name == MANIFEST)]
+    places += [(out / split, partial(is_shard_name, split)) for split in SPLITS]
+    removed = 0
+    for directory, ours in places:
+        for entry in directory.iterdir() if directory.is_dir() else ():
+            m = _TEMP_NAME.match(entry.name)
+            if m and ours(m.group("name")) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _log_removed(out: Path, removed: int, log: Callable[[str], None]) -> None:
+    if removed:
+        log(f"{out}: removed {removed} temporary file(s) left by an interrupted prepare")
 
 
 def _is_up_to_date(out: Path, key: Mapping[str, Any]) -> bool:
@@ -167,6 +192,7 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
         key = {"source": source.describe(), "transform": transform.describe(), "dataset": source.dataset,
                "shard_size": shard_size}
         if _is_up_to_date(out, key):
+            _log_removed(out, _remove_temporaries(out), log)
             log(f"{out}: already complete and valid (manifest.json matches the input); nothing to do")
             return read_manifest(out)
         data = source.load(log)
@@ -186,6 +212,7 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
             log(f"{split}: {len(images)} images in {len(splits[split]['shards'])} shards -> {out / split}")
         manifest = _manifest(splits, key, layout, data, counts)
         write_manifest(out, manifest)
+        _log_removed(out, _remove_temporaries(out), log)
         c, h, w = layout.shape
         classes = "unlabelled" if data.classes is None else f"{len(data.classes)} classes"
         log(f"wrote {out / MANIFEST} ({c}x{h}x{w} images, {classes})")

@@ -85,8 +85,10 @@ class Layout:
 MNIST_LAYOUT = Layout((1, ROWS, COLS))
 # MNIST's caps (format version 1; kept for callers that name them)
 MAX_MEMBER_BYTES: dict[str, int] = MNIST_LAYOUT.max_member_bytes
-_SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{6,})\.tar$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Used with fullmatch: with match, `$` also matches before a trailing "\n" ("train-000000.tar\n" passed).
+# [0-9], not \d: \d also takes other scripts' digits ("train-٠٠٠٠٠٠.tar").
+_SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>[0-9]{6,})\.tar")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _INCOMPLETE = "incomplete"  # key of the placeholder manifest that `prepare` writes while it works
 
 
@@ -97,7 +99,7 @@ def shard_name(split: str, index: int) -> str:
 
 def is_shard_name(split: str, name: str) -> bool:
     """True if `name` is a shard file name that `distgan prepare` writes for `split`."""
-    m = _SHARD_NAME.match(name)
+    m = _SHARD_NAME.fullmatch(name)
     return bool(m) and m.group("split") == split
 
 
@@ -297,7 +299,7 @@ def _validate_split(path: Path, split: str, entry: Any) -> None:
             raise _field(path, f"{at}.count", f"must be an integer >= 1, not {shard['count']!r}")
         if not _is_int(shard["bytes"], 1):
             raise _field(path, f"{at}.bytes", f"must be a positive integer, not {shard['bytes']!r}")
-        if not isinstance(shard["sha256"], str) or not _SHA256.match(shard["sha256"]):
+        if not isinstance(shard["sha256"], str) or not _SHA256.fullmatch(shard["sha256"]):
             raise _field(path, f"{at}.sha256", "must be 64 lowercase hex digits")
     total = sum(s["count"] for s in entry["shards"])
     if entry["count"] != total:

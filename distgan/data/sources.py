@@ -15,8 +15,10 @@ the manifest that changes whenever the input or an option does (the up-to-date c
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from distgan.data import image_folder
 from distgan.data.datasets import NamedDataset, named_dataset
 from distgan.data.datasets import resolve_mirrors as dataset_mirrors
 from distgan.data.download import download_dataset
-from distgan.data.idx import FILES, find_raw_files, load_pair
+from distgan.data.idx import FILES, MAX_BODY_BYTES, MAX_ITEMS, MAX_SIDE, find_raw_files, load_pair
 from distgan.data.imaging import Transform, apply_to_array
 from distgan.data.shards import CHANNELS, MAX_CLASSES, SPLITS
 from distgan.errors import UserError
@@ -129,15 +131,87 @@ def _npz_labels(arr: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
+# The arrays a .npz source may hold; np.load reads only these (any other array is left unread).
+NPZ_ARRAYS = ("images", "labels", "train_images", "train_labels", "test_images", "test_labels", "class_names")
+
+
+def _npy_header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) from the .npy header of zip member `member`, reading nothing else."""
+    with zf.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 is only for structured dtypes with non-Latin-1 field names: never images
+            raise ValueError(f".npy format version {version[0]}.{version[1]}")
+        return tuple(shape), dtype, f.tell()
+
+
+def _check_npz_member(zf: zipfile.ZipFile, member: str, where: str, archive_bytes: int) -> None:
+    """Check one member's zip record and .npy header (see check_npz_arrays); UserError starting with `where`."""
+    info = zf.getinfo(member)
+    # The zip's sizes are its own claims: the member's data must lie inside the file, and a stored
+    # (uncompressed) member holds exactly the bytes it says.
+    if info.header_offset + info.compress_size > archive_bytes or \
+            (info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size):
+        raise UserError(f"{where}: the zip records {info.file_size} bytes ({info.compress_size} stored) that the "
+                        f"file cannot hold; it is truncated or corrupt, write it again with numpy.savez")
+    try:
+        shape, dtype, header = _npy_header(zf, member)
+    except ValueError as e:  # read_magic / read_array_header_*: not a .npy array, or a bad header
+        raise UserError(f"{where} has no valid .npy header ({(str(e).splitlines() or [''])[0]}); write the file "
+                        f"with numpy.savez") from None
+    if dtype.hasobject:
+        raise UserError(f"{where} holds Python objects ({dtype}); save plain arrays (uint8 images, integer labels, "
+                        f"str class names)")
+    declared = math.prod(shape) * dtype.itemsize
+    if (shape and shape[0] > MAX_ITEMS) or any(d > MAX_SIDE for d in shape[1:]) or declared > MAX_BODY_BYTES:
+        raise UserError(f"{where}: its header declares shape {shape} of {dtype} ({declared} bytes); at most "
+                        f"{MAX_ITEMS} items, sides up to {MAX_SIDE} and {MAX_BODY_BYTES} bytes per array are read "
+                        f"here (split the dataset, or use --image-folder)")
+    if header + declared != info.file_size:
+        raise UserError(f"{where}: its header declares shape {shape} of {dtype} ({declared} bytes) but the member "
+                        f"holds {info.file_size - header} bytes of data; the file is corrupt, write it again with "
+                        f"numpy.savez")
+
+
+def check_npz_arrays(path: Path, keys: Sequence[str] = NPZ_ARRAYS, label: str = "--npz ") -> None:
+    """Check the members of .npz `path` that hold arrays `keys` before np.load allocates what their .npy
+    headers declare: that size must be the member's (uncompressed) size in the zip and within the IDX limits
+    (MAX_ITEMS items, sides up to MAX_SIDE, MAX_BODY_BYTES per array). One-line UserError starting with
+    `label` + path and naming the member. A compressed member's zip size is its uncompressed size, so this
+    also bounds np.savez_compressed files. zipfile.BadZipFile (and OSError) propagate.
+    """
+    archive_bytes = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        members = {name.removesuffix(".npy"): name for name in names}  # array -> member, as np.load maps them:
+        members.update((name, name) for name in names)  # a member named exactly `images` wins over images.npy
+        for key in keys:
+            if key in members:
+                _check_npz_member(zf, members[key], f"{label}{path}: member {members[key]} (array {key!r})",
+                                  archive_bytes)
+
+
 def _read_npz(path: Path, test_fraction: float) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]],
                                                            tuple[str, ...] | None, str]:
     try:
+        check_npz_arrays(path)
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            names = list(npz.files)
+            arrays = {k: npz[k] for k in NPZ_ARRAYS if k in names}
     except FileNotFoundError as e:
         raise UserError(f"--npz {path}: no such file") from e
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"--npz {path}: cannot read as .npz ({type(e).__name__}: {str(e).splitlines()[0]}); "
+    except MemoryError:  # arrays within the caps that this machine (or its memory limit) cannot hold
+        raise UserError(f"--npz {path}: not enough memory to load its arrays; free memory, or split the "
+                        f"dataset") from None
+    # zlib.error: a damaged deflate stream; NotImplementedError: a compression method zipfile lacks;
+    # RuntimeError: an encrypted member. BadZipFile also covers a CRC mismatch found while reading.
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError,
+            RuntimeError) as e:
+        detail = (str(e).splitlines() or [""])[0]
+        raise UserError(f"--npz {path}: cannot read as .npz ({type(e).__name__}: {detail}); "
                         f"write it with numpy.savez") from None
     if "train_images" in arrays:
         rule = "keys"
@@ -163,7 +237,7 @@ def _read_npz(path: Path, test_fraction: float) -> tuple[dict[str, tuple[np.ndar
                  "test": (x[test], y[test] if y is not None else None)}
     else:
         raise UserError(f"--npz {path}: no 'images' (or 'train_images') array; it has "
-                        f"{', '.join(arrays) or 'nothing'}")
+                        f"{', '.join(names) or 'nothing'}")
     classes: tuple[str, ...] | None = None
     if parts["train"][1] is not None:
         labels = [y for _, y in parts.values() if y is not None]
@@ -244,4 +318,5 @@ def choose_source(*, out: Path, raw_dir: str | os.PathLike[str] | None, dataset:
                       transform)
 
 
-__all__ = ["SourceData", "Source", "idx_source", "npz_source", "folder_source", "choose_source"]
+__all__ = ["SourceData", "Source", "idx_source", "npz_source", "folder_source", "choose_source",
+           "check_npz_arrays"]

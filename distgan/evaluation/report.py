@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from distgan.data.sources import check_npz_arrays
 from distgan.errors import UserError
 from distgan.pixels import MNIST_SHAPE
 
@@ -39,6 +40,7 @@ def _read_npz(path: Path, with_labels: bool) -> tuple[np.ndarray, np.ndarray | N
     if not path.is_file():
         raise UserError(f"samples file {path} not found; {FORMAT_HINT}")
     try:
+        check_npz_arrays(path, ("images", "labels"), "samples file ")  # before np.load allocates what headers say
         with np.load(path, allow_pickle=False) as npz:
             if "images" not in npz.files:
                 raise UserError(f"{path} has no array 'images' (it has: {', '.join(npz.files) or 'nothing'}); "

@@ -13,7 +13,8 @@ are fsynced; the marker is written and fsynced; the directory is renamed to `<na
 fsynced. An existing `<name>` (`best`, or a step saved again after a fall-back) is replaced by two renames:
 `<name>` -> `.old_<name>`, `.tmp_<name>` -> `<name>`, fsync, then `.old_<name>` is deleted. While (or if a
 crash left) `<name>` absent, readers use `.old_<name>` in its place, and the next save renames it back
-before it starts, so a checkpoint that existed is never lost. The next save deletes `.tmp_*` leftovers.
+before it starts, so a checkpoint that existed is never lost. The next save deletes `.tmp_*` leftovers
+and `step_*` directories without a marker (an interrupted copy, or a save of the old in-place layout).
 
 Loading verifies every file's size and sha256 against the marker and that every weight is finite.
 `latest_checkpoint` (resume=auto) skips a damaged checkpoint with a one-line warning; naming a damaged
@@ -23,10 +24,13 @@ presence and finite weights.
 
 A full disk, a quota, a read-only or unwritable run directory during a save is one `WriteError` line
 naming the checkpoint; the temporary directory is removed and earlier checkpoints are left as they were.
+Writers that lose the errno (torch's zip writer: `RuntimeError: ... unexpected pos`) are told apart by
+checking the disk itself (statvfs, then a small probe write).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -46,7 +50,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from distgan.atomic import WriteError, fixable_errno, fsync_path, write_error, write_file_durably
-from distgan.config import Config, config_from_dict
+from distgan.config import Config, config_from_dict, load_yaml_text
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 from distgan.pixels import MNIST_SHAPE
@@ -55,13 +59,14 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 MARKER_FORMAT = "distgan-checkpoint/1"
-STEP_DIR = re.compile(r"^step_(\d+)$")
+STEP_DIR = re.compile(r"step_([0-9]+)")  # used with fullmatch: no "step_1\n", no non-ASCII digits
 EMA_FILE = "ema_generator.safetensors"
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
 BEST = "best"
 TMP_PREFIX = ".tmp_"  # a checkpoint being written (or left by a crash): never read, deleted by the next save
 OLD_PREFIX = ".old_"  # a checkpoint being replaced: stands in for its name while that is absent
+FULL_MARGIN = 64 << 10  # bytes: less free than this after a failed write is a full disk
 
 _SAVE_REMEDY = {
     "space": "free space or set run.dir elsewhere (earlier checkpoints are intact)",
@@ -114,7 +119,7 @@ def complete_checkpoints(run_dir: str | Path, warn: bool = True) -> list[tuple[i
                 name = name[len(OLD_PREFIX):]
                 if (root / name).exists():
                     continue  # the replacement finished; the next save deletes this copy
-            m = STEP_DIR.match(name)
+            m = STEP_DIR.fullmatch(name)
             if not m or not entry.is_dir():
                 continue
             if (entry / MARKER).is_file():
@@ -238,12 +243,48 @@ def _first_error(accelerator: Any, error: tuple[str, int] | None) -> tuple[str, 
     return next((e for e in gather_object([error]) if e is not None), None)
 
 
+def _full_disk_errno(directory: Path, margin: int = FULL_MARGIN) -> int | None:
+    """ENOSPC or EDQUOT if the file system of `directory` is (nearly) out of space for us, else None.
+
+    Less than `margin` bytes free (statvfs) is full; otherwise a `margin`-byte probe file is written and
+    fsynced (which also meets a quota, invisible to statvfs), then deleted.
+    """
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize < margin:
+        return errno.ENOSPC
+    probe = directory / f"{TMP_PREFIX}space_probe_{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * margin)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e.errno if e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def _write_failure_errno(e: Exception, directory: Path) -> int | None:
+    """The errno of a user-fixable write failure `e`, including writers that lose the errno (torch's zip
+    writer raises `RuntimeError: ... unexpected pos` on a full disk): then the disk itself is checked."""
+    code = fixable_errno(e)
+    if code is None and (isinstance(e, RuntimeError | SafetensorError) or
+                         (isinstance(e, OSError) and e.errno is None)):
+        code = _full_disk_errno(directory)
+    return code
+
+
 def _save_error(final: Path, fn: Callable[[], Any]) -> tuple[str, int] | None:
     """Run `fn`; a user-fixable write failure becomes (one-line message, errno), anything else propagates."""
     try:
         fn()
     except Exception as e:
-        code = fixable_errno(e)
+        code = _write_failure_errno(e, final.parent)
         if code is None:
             raise
         kind = {errno.ENOSPC: "space", errno.EDQUOT: "space", errno.EROFS: "ro"}.get(code, "perm")
@@ -251,8 +292,21 @@ def _save_error(final: Path, fn: Callable[[], Any]) -> tuple[str, int] | None:
     return None
 
 
+def _remove(entry: Path) -> None:
+    """Delete a leftover file or directory tree, ignoring errors (the next save tries again)."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
 def _clean_leftovers(root: Path) -> None:
-    """Before a save: put back a checkpoint whose replacement a crash cut short, delete temporary copies."""
+    """Before a save: put back a checkpoint whose replacement a crash cut short, delete temporary copies.
+
+    A `step_*` directory without its marker is deleted too: saves write into `.tmp_*` and rename it sealed,
+    so one can only be left by an interrupted copy or a save of an older layout, never be in progress.
+    """
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(OLD_PREFIX):
             final = root / entry.name[len(OLD_PREFIX):]
@@ -263,6 +317,10 @@ def _clean_leftovers(root: Path) -> None:
                 os.rename(entry, final)
                 fsync_path(root)
         elif entry.name.startswith(TMP_PREFIX):
+            _remove(entry)
+        elif STEP_DIR.fullmatch(entry.name) and entry.is_dir() and not (entry / MARKER).exists():
+            log.warning("removing incomplete checkpoint %s (no %s marker: an interrupted save or copy)",
+                        entry, MARKER)
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -408,7 +466,7 @@ def saved_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml_text(text, str(file))  # bounded: a checkpoint's config.yaml is user input too
     except yaml.YAMLError:
         raise UserError(f"{file} is not valid YAML; use an earlier checkpoint") from None
     cfg = config_from_dict(data, source=str(file))

@@ -13,8 +13,9 @@ Layout of an export folder (`distgan export --checkpoint RUN_OR_CKPT --out DIR`)
 
 A conditional generator's weights include its training class frequencies (`inputs.class_freqs`).
 
-The folder is written under a temporary name beside DIR and renamed into place, so DIR is either the
-complete previous export or the complete new one.
+The folder is written under a temporary name beside DIR (`.DIR.tmp-<pid>@<host>`) and renamed into place,
+so DIR is either the complete previous export or the complete new one; a temporary folder left by an export
+killed on this host is deleted by the next export into the same parent.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +40,7 @@ import yaml
 from PIL import Image
 
 from distgan.atomic import fsync_path, write_file_durably
-from distgan.config import Config, config_from_dict, dump_config
+from distgan.config import Config, config_from_dict, dump_config, load_yaml_text
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 from distgan.pixels import MNIST_SHAPE
@@ -50,6 +53,10 @@ SAMPLES_PNG = "samples.png"
 CARD = "README.md"
 ONNX_FILE = "generator.onnx"
 EXPORT_EXTRA_HINT = 'pip install "distgan[export]"'
+EXPORT_FILES = frozenset({WEIGHTS_FILE, CONFIG_JSON, TRAINING_CONFIG, SAMPLES_PNG, CARD, ONNX_FILE})
+_TMP_FOLDER = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:@(?P<host>[^@/]+))?$")  # see _write_folder
+
+log = logging.getLogger(__name__)
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -89,7 +96,8 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     if meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
         raise UserError(f"{weights} is corrupt (its sha256 differs from {CONFIG_JSON}); export it again")
     try:
-        data = yaml.safe_load((path / TRAINING_CONFIG).read_text()) if (path / TRAINING_CONFIG).is_file() \
+        data = load_yaml_text((path / TRAINING_CONFIG).read_text(), str(path / TRAINING_CONFIG)) \
+            if (path / TRAINING_CONFIG).is_file() \
             else {"model": meta["model"]}
         cfg = config_from_dict(data, source=str(path))
         shape = [int(v) for v in meta["image_shape"]]
@@ -232,11 +240,45 @@ def model_card(meta: dict[str, Any], config_yaml: str) -> str:
     return "\n".join(lines)
 
 
+def _pid_alive(pid: int) -> bool:
+    """True if a process `pid` exists on this host (or the pid is not a plain positive one)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove_dead_temporaries(parent: Path) -> None:
+    """Delete the temporary folders (`.<name>.tmp-<pid>[@<host>]`) that interrupted exports on this host left
+    in `parent`: only when that process is gone and the folder holds nothing but files of an export."""
+    host = socket.gethostname()
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return  # an unlistable parent: nothing to tidy, the export itself reports what is wrong
+    for entry in entries:
+        m = _TMP_FOLDER.match(entry.name)
+        if not m or m.group("host") not in (None, host) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if _pid_alive(int(m.group("pid"))):
+            continue
+        if all(p.name in EXPORT_FILES and p.is_file() and not p.is_symlink() for p in entry.iterdir()):
+            log.warning("removing %s, left by an interrupted export (pid %s)", entry, m.group("pid"))
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _write_folder(final: Path, write: Any) -> None:
-    """Fill a temporary folder beside `final` with `write(tmp)`, fsync it, then rename it onto `final`."""
+    """Fill a temporary folder beside `final` with `write(tmp)`, fsync it, then rename it onto `final`.
+    Temporary folders of earlier exports into the same parent whose process died are deleted first."""
     final = final.absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    _remove_dead_temporaries(final.parent)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}@{socket.gethostname()}"
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

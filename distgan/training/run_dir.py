@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -24,6 +25,7 @@ from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
 from distgan.locks import DirLock
 from distgan.training.checkpoint import (
+    checkpoint_problem,
     complete_checkpoints,
     latest_checkpoint,
     resolve_checkpoint,
@@ -69,6 +71,7 @@ class RunDir:
         if cfg.resume == "auto":
             ckpt = latest_checkpoint(self.path, warn=self.acc.is_main_process)
             if ckpt is None:
+                _refuse_all_damaged(self.path)
                 return None
             # An automatic resume must continue the same experiment: a new run with other hyperparameters
             # on an old run.dir would otherwise silently pick up its checkpoint (and may stop at once).
@@ -99,11 +102,46 @@ class RunDir:
 
 def resolve_run_path(cfg: Config, accelerator: Any) -> Path:
     """`run.dir`, with `auto` made `runs/<config name>-<SLURM job id, else a timestamp>` (the same on every
-    rank: the main process picks it; a requeued SLURM job keeps its id, so it finds its directory again)."""
+    rank: the main process picks it; a requeued SLURM job keeps its id, so it finds its directory again).
+    Outside SLURM the directory is created here, so runs started in the same second get distinct ones."""
     if cfg.run.dir != AUTO_RUN_DIR:
         return Path(cfg.run.dir)
-    return Path(on_main(accelerator, lambda: auto_run_dir(cfg.name or "run", slurm_job_id(),
-                                                          time.strftime("%Y%m%d-%H%M%S"))))
+    name, job_id = cfg.name or "run", slurm_job_id()
+    if job_id:
+        return Path(on_main(accelerator, lambda: auto_run_dir(name, job_id, "")))
+    return Path(on_main(accelerator, lambda: _claim_new_run_dir(name)))
+
+
+def _claim_new_run_dir(name: str) -> str:
+    """`runs/<name>-<timestamp>`, or `...-2`, `-3`... if taken: claimed by an exclusive mkdir (atomic, so two
+    runs started in the same second, even on two hosts sharing the file system, never get the same one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        path = Path(auto_run_dir(name, None, stamp if n == 1 else f"{stamp}-{n}"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+        except OSError as e:
+            raise UserError(f"run.dir=auto: cannot create {path} ({e.strerror}); run from a writable "
+                            "directory or set run.dir") from None
+        return str(path)
+    raise AssertionError("unreachable")
+
+
+def _refuse_all_damaged(path: Path) -> None:
+    """UserError if `path` has sealed checkpoints but none is intact: starting from step 0 over them would
+    quietly throw a run away, so a fresh start must be asked for."""
+    existing = complete_checkpoints(path, warn=False)
+    if not existing:
+        return
+    newest = existing[-1][1]
+    problem = checkpoint_problem(newest, warn=False) or "it cannot be verified"
+    raise UserError(f"cannot resume {path}: none of its {len(existing)} checkpoint(s) is intact (the newest, "
+                    f"{newest.name}: {problem}); to start from step 0 on purpose, use a new run.dir (resume=never "
+                    f"makes sure it is new), or delete the damaged checkpoints in {newest.parent}")
 
 
 def _check_same_model(cfg: Config, saved: Config, where: Path) -> None:

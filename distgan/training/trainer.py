@@ -9,6 +9,7 @@ the classifier (checked before anything is logged), and only then the W&B run.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -294,7 +295,7 @@ class Trainer:
         self.acc.log(values, step=self.state.step)
         self.metrics.write(self.state.step, values)
         fid = scores["fid"]  # the same on every rank, so all ranks agree on saving `best`
-        if self.state.best_fid is None or fid < self.state.best_fid:
+        if math.isfinite(fid) and (self.state.best_fid is None or fid < self.state.best_fid):  # NaN never best
             self.state.best_fid = fid
             self._checkpoint(name=BEST, scores=scores)
 

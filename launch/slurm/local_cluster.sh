@@ -11,8 +11,8 @@
 #
 # Needs root. No cgroups (proctrack/linuxproc, task/none), no accounting daemon, requeue allowed.
 # Writes /etc/slurm/slurm.conf (marked as ours; an existing foreign one is left alone and we refuse
-# to start). Daemon logs: /var/log/slurm/. DISTGAN_SLURM_CPUS sets the CPUs of each node (default 2,
-# whatever the hardware has: the nodes share this machine's cores); DISTGAN_SLURM_NODES the node count
+# to start). Daemon logs: /var/log/slurm/. DISTGAN_SLURM_CPUS sets the CPUs of each node (default 4,
+# whatever the hardware has: the nodes share this machine's cores, and the tests run two jobs at once); DISTGAN_SLURM_NODES the node count
 # when --nodes is not given (default 1).
 set -euo pipefail
 
@@ -20,7 +20,7 @@ CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 MARK="# written by distgan launch/slurm/local_cluster.sh"
 NODES=${DISTGAN_SLURM_NODES:-1}
-CPUS=${DISTGAN_SLURM_CPUS:-2}
+CPUS=${DISTGAN_SLURM_CPUS:-4}
 FIRST_PORT=17001  # node nI's slurmd listens on FIRST_PORT + I - 1
 LOG_DIR=/var/log/slurm
 START_TIMEOUT=${DISTGAN_SLURM_START_TIMEOUT:-60}
