@@ -39,6 +39,23 @@ def child_env(**extra: str) -> dict[str, str]:
 test_env = child_env  # older name; import `child_env` (pytest would collect a `test_*` name in a test module)
 
 
+def missing(what: str, how: str) -> None:
+    """An optional part of the test environment is missing: skip with the reason, except in CI (CI=true),
+    where .ci/run installs everything and a missing part must fail."""
+    message = f"{what} not available: {how}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_module(name: str, how: str) -> None:
+    """Skip (fail in CI) unless module `name` imports."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        missing(f"the {name} package", how)
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as s:

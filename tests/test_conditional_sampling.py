@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, require_module, run_cli
 from torch import nn
 
 from distgan.errors import UserError
@@ -190,6 +190,7 @@ def test_sample_a_conditional_checkpoint(cond_run, mnist_shards, tmp_path):
 
 
 def test_export_a_conditional_checkpoint_with_onnx(cond_run, tmp_path):
+    require_module("onnxruntime", 'pip install -e ".[export]"')
     import onnxruntime as ort
 
     from distgan.training.export import export_checkpoint, load_exported, onnx_parity

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import missing, run_cli
 from dataset_support import CLASS_NAMES, add_truncated_png, make_rgb_image_folder, mnist_digits, rgb_digit
 from PIL import Image
 
@@ -77,7 +77,7 @@ def rgb_shards(tmp_path_factory, rgb_folder) -> Path:
 def test_fashion_mnist_raw_dir_end_to_end(tmp_path):
     """70,000 real images through prepare and build_loader, with the named dataset's classes."""
     if not (FASHION_RAW / FILES["train_images"]).is_file():
-        pytest.fail(f"Fashion-MNIST not found at {FASHION_RAW}; apt-get install dataset-fashion-mnist")
+        missing(f"Fashion-MNIST at {FASHION_RAW}", "apt-get install dataset-fashion-mnist")
     out = tmp_path / "fashion"
     proc = run_cli(["prepare", "--raw-dir", str(FASHION_RAW), "--dataset", "fashion-mnist", "--out", str(out)],
                    timeout=300)

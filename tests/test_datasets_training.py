@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, accelerate_launch, run_cli
+from conftest import REPO, accelerate_launch, missing, run_cli
 from dataset_support import make_rgb_image_folder
 
 pytestmark = pytest.mark.slow  # real training runs
@@ -22,7 +22,7 @@ FASHION_RAW = Path("/usr/share/datasets/fashion-mnist")  # apt-get install datas
 @pytest.fixture(scope="module")
 def fashion_shards(tmp_path_factory) -> Path:
     if not (FASHION_RAW / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"Fashion-MNIST not found at {FASHION_RAW}; apt-get install dataset-fashion-mnist")
+        missing(f"Fashion-MNIST at {FASHION_RAW}", "apt-get install dataset-fashion-mnist")
     out = tmp_path_factory.mktemp("fashion") / "data"
     run_cli(["prepare", "--raw-dir", str(FASHION_RAW), "--dataset", "fashion-mnist", "--out", str(out)],
             timeout=300)

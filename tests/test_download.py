@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, run_cli
+from conftest import free_port, missing, run_cli
 from conftest import test_env as child_env  # aliased: pytest would collect a `test_*` name
 
 from distgan.data.datasets import FASHION_MNIST
@@ -193,7 +193,7 @@ FASHION_GZ_MD5 = {  # zalandoresearch/fashion-mnist README (also in that package
 @pytest.fixture(scope="module")
 def fashion_raw() -> Path:
     if not (FASHION_RAW / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"Fashion-MNIST not found at {FASHION_RAW}; apt-get install dataset-fashion-mnist")
+        missing(f"Fashion-MNIST at {FASHION_RAW}", "apt-get install dataset-fashion-mnist")
     return FASHION_RAW
 
 

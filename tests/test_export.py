@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON, REPO, child_env, run_cli
+from conftest import PYTHON, REPO, child_env, require_module, run_cli
 
 from distgan.hashing import file_sha256
 
@@ -38,6 +38,7 @@ def runs(tmp_path_factory, mnist_shards):
 @pytest.fixture(scope="module")
 def exports(runs, tmp_path_factory):
     """Each run exported with --onnx through the CLI."""
+    require_module("onnxscript", 'pip install -e ".[export]"')
     out = {}
     for arch, run_dir in runs.items():
         folder = tmp_path_factory.mktemp(f"export_{arch}") / "model"
@@ -86,6 +87,7 @@ def test_export_folder_layout(arch, runs, exports, mnist_shards):
 @pytest.mark.parametrize("arch", list(RUNS))
 def test_onnx_matches_pytorch(arch, exports):
     """onnxruntime on generator.onnx vs PyTorch on model.safetensors, batch 1 and 7 (a dynamic batch)."""
+    require_module("onnxruntime", 'pip install -e ".[export]"')
     import onnxruntime as ort
 
     from distgan.training.sampling import load_generator
