@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from distgan.bench.quality import meets
+from distgan.bench.quality import meets, time_to_goals
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,7 @@ def test_bench_quality_caps_the_run_and_scores_it(mnist_shards, eval_classifier,
     assert grid.height > grid.width  # the debug grid: 10 rows (one per class) of 4
     assert f"{'debug seed 3 final':<28} {final['step']:>6}" in proc.stdout
     assert "curve, seed 3" in proc.stdout
+    assert result["time_to_goal"] == {}  # the debug config has no goals
 
 
 def test_goals_are_checked_per_shipped_config():
@@ -41,3 +42,31 @@ def test_goals_are_checked_per_shipped_config():
     assert meets("mnist_cgan", {**good, "fid": 0.6})["fid"] is False
     assert meets("mnist_dcgan", {**good, "label_accuracy": None}) == {k: True for k in good if k != "label_accuracy"}
     assert meets("debug", good) == {}
+
+
+def test_time_to_goal_is_the_first_evaluation_that_meets_it():
+    base = {"fid": 0.9, "is": 9.7, "precision": 0.85, "recall": 0.7, "classes": 10, "label_accuracy": 0.99}
+    curve = [{"step": 1000, "minutes": 1.5, **base},
+             {"step": 2000, "minutes": 3.0, **base, "fid": 0.45},
+             {"step": 3000, "minutes": 4.5, **base, "fid": 0.55, "recall": 0.76},  # recall met, FID lost again
+             {"step": 4000, "minutes": 6.0, **base, "fid": 0.40, "recall": 0.80}]
+    reached = time_to_goals("mnist_cgan", curve)
+    assert reached["is"] == {"step": 1000, "minutes": 1.5}
+    assert reached["fid"] == {"step": 2000, "minutes": 3.0}
+    assert reached["recall"] == {"step": 3000, "minutes": 4.5}
+    assert reached["all"] == {"step": 4000, "minutes": 6.0}  # every goal in the same evaluation
+    assert time_to_goals("mnist_cgan", curve[:3])["all"] is None
+    assert time_to_goals("debug", curve) == {}
+
+
+def test_the_report_prints_the_time_to_goal(capsys):
+    from distgan.bench.quality import _print
+
+    scores = {"fid": 0.4, "is": 9.7, "precision": 0.85, "recall": 0.8, "classes": 10, "label_accuracy": 0.99}
+    curve = [{"step": 1000, "minutes": 1.5, **scores, "recall": 0.7}, {"step": 2000, "minutes": 3.2, **scores}]
+    entry = {"seed": 0, "wall_minutes": 3.5, "curve": curve, "time_to_goal": time_to_goals("mnist_cgan", curve),
+             "checkpoints": {"final": {"step": 2000, "scores": scores, "goals_met": meets("mnist_cgan", scores)}}}
+    _print("mnist_cgan", [entry], 100)
+    out = capsys.readouterr().out
+    assert "seed 0: every goal at once: 2,000 steps (3.2 min); fid 1,000 steps (1.5 min)" in out
+    assert "recall 2,000 steps (3.2 min)" in out

@@ -6,7 +6,8 @@ It is a benchmark, not a test: a 30-minute run on a 2-core CPU. `--minutes M` ca
 minutes the run gets SIGTERM, which the trainer answers by saving a checkpoint and stopping (the step it
 reached is in the row), exactly as a preempted job would. The curve of the in-training evaluations
 (step, minutes, FID, score, ...) is printed after the table and saved with the scores in
-`OUT/<config>-seed<S>/quality.json`.
+`OUT/<config>-seed<S>/quality.json`, with the time to goal: the steps and wall minutes until the first
+in-training evaluation that meets each goal, and all of them at once.
 """
 
 from __future__ import annotations
@@ -44,6 +45,24 @@ def meets(name: str, scores: dict[str, float]) -> dict[str, bool]:
         value = scores.get(key)
         out[key] = value is not None and (value <= bound if op == "<=" else value >= bound)
     return out
+
+
+def time_to_goals(name: str, curve: Sequence[dict[str, float]]) -> dict[str, dict[str, float] | None]:
+    """For each goal of config `name`, and for all of them at once ("all"), the first in-training evaluation
+    of `curve` that meets it: {"step", "minutes"}, or None when no evaluation did. Empty without goals."""
+    if name not in GOALS:
+        return {}
+    first: dict[str, dict[str, float] | None] = {key: None for key in (*GOALS[name], "all")}
+    for row in curve:
+        met = meets(name, row)
+        for key in [k for k, ok in met.items() if ok] + (["all"] if all(met.values()) else []):
+            if first[key] is None:
+                first[key] = {"step": row["step"], "minutes": row["minutes"]}
+    return first
+
+
+def _reached(when: dict[str, float] | None) -> str:
+    return f"{when['step']:,.0f} steps ({when['minutes']:.1f} min)" if when else "not reached"
 
 
 def train_capped(config: Path, seed: int, run_dir: Path, minutes: float, overrides: Sequence[str]) -> dict[str, Any]:
@@ -117,8 +136,9 @@ def bench_quality(config: Path, *, seeds: Sequence[int], minutes: float, n: int,
         run_dir = out / f"{name}-seed{seed}"
         timing = train_capped(config, seed, run_dir, minutes, overrides)
         saved = saved_config(resolve_checkpoint(run_dir))  # the run's data and classifier, overrides included
-        entry: dict[str, Any] = {"config": str(config), "seed": seed, **timing, "checkpoints": {},
-                                 "curve": eval_curve(run_dir, timing["start_time"])}
+        curve = eval_curve(run_dir, timing["start_time"])
+        entry: dict[str, Any] = {"config": str(config), "seed": seed, **timing, "checkpoints": {}, "curve": curve,
+                                 "time_to_goal": time_to_goals(name, curve)}
         for label in ("final", BEST):
             path = run_dir / "checkpoints" / BEST if label == BEST else run_dir
             if label == BEST and not path.is_dir():
@@ -150,6 +170,11 @@ def _print(name: str, results: list[dict[str, Any]], n: int) -> None:
                 missed = [k for k, ok in ck["goals_met"].items() if not ok]
                 print(f"seed {entry['seed']} {label}: " + ("meets every goal" if not missed
                                                            else "misses " + ", ".join(missed)))
+        print("time to goal (first in-training evaluation that meets it; eval.n samples):")
+        for entry in results:
+            reached = entry["time_to_goal"]
+            print(f"seed {entry['seed']}: every goal at once: {_reached(reached['all'])}; " +
+                  ", ".join(f"{key} {_reached(when)}" for key, when in reached.items() if key != "all"))
     for entry in results:
         print(f"\ncurve, seed {entry['seed']} (in-training evaluations):")
         print(f"{'step':>6} {'min':>6} " + " ".join(f"{t:>9}" for _, t, _ in COLUMNS))
