@@ -70,3 +70,20 @@ def test_the_report_prints_the_time_to_goal(capsys):
     out = capsys.readouterr().out
     assert "seed 0: every goal at once: 2,000 steps (3.2 min); fid 1,000 steps (1.5 min)" in out
     assert "recall 2,000 steps (3.2 min)" in out
+
+
+def test_bench_profile_breaks_a_step_down(mnist_shards, eval_classifier):
+    """`distgan bench profile` on the debug config with an evaluation: every part timed, the shares add up."""
+    proc = run_cli(["bench", "profile", "--config", "configs/debug.yaml", "--steps", "20", f"data.dir={mnist_shards}",
+                    "eval.every=100", "eval.n=200", f"eval.classifier={eval_classifier}"], timeout=300)
+    rows = {}
+    for line in proc.stdout.splitlines():
+        parts = line.rsplit(maxsplit=2)
+        if len(parts) == 3 and parts[2].endswith("%") and not line.startswith(("part", "total")):
+            rows[parts[0].strip()] = (float(parts[1]), float(parts[2].rstrip("%")))
+    for part in ("D update", "G update", "G forward (fake batch)", "data", "EMA update", "logging step (1/5 steps)",
+                 "checkpoint (1/10 steps)", "evaluation (eval.n=200) (1/100 steps)"):
+        assert part in rows and rows[part][0] >= 0, (part, proc.stdout)
+    assert abs(sum(share for _, share in rows.values()) - 100) < 1.5, proc.stdout
+    assert rows["D update"][0] > 0 and rows["G update"][0] > 0
+    assert "one evaluation (eval.n=200):" in proc.stdout

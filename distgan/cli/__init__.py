@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("distgan.cli.sample", "write images from a checkpoint's EMA generator"),
     "train-classifier": ("distgan.cli.train_classifier", "train the MNIST feature classifier"),
     "eval": ("distgan.cli.eval", "score a checkpoint or a samples file (FID, KID, IS, ...)"),
-    "bench": ("distgan.cli.bench", "benchmarks: `bench data`, `bench train`"),
+    "bench": ("distgan.cli.bench", "benchmarks: `bench data`, `bench train`, `bench quality`, `bench profile`"),
     "plot": ("distgan.cli.plot", "plot runs' losses, D outputs, images/s and eval scores from metrics.jsonl"),
     "export": ("distgan.cli.export", "export a checkpoint's EMA generator as a folder (safetensors, ONNX, model card)"),
     "sweep": ("distgan.cli.sweep", "sweeps: `sweep overrides` for one trial, `sweep list`, `sweep summary`"),

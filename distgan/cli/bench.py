@@ -1,6 +1,6 @@
-"""`distgan bench {data,train,quality}`: speed benchmarks that print ratios against a baseline measured in
+"""`distgan bench {data,train,quality,profile}`: speed benchmarks that print ratios against a baseline measured in
 the same run (distgan.bench.data, distgan.bench.train), and the sample-quality benchmark
-(distgan.bench.quality)."""
+(distgan.bench.quality), and a per-part time profile of a config (distgan.bench.profile)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=10000, help="samples scored per checkpoint (default 10000)")
     p.add_argument("--out", default="runs/bench_quality", help="where the runs and quality.json go")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, as for `distgan train`")
+    p = sub.add_parser("profile", help="where one training step's time goes (data, D, G, EMA, eval, checkpoint)")
+    p.add_argument("--config", required=True, help="training config, e.g. configs/mnist_cgan.yaml")
+    p.add_argument("--steps", type=int, default=200, help="iterations timed after a warm-up (default 200)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, as for `distgan train`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         bench_data(shards, split=args.split, batch_size=args.batch_size,
                    workers=_ints(args.workers, "--workers"), min_seconds=args.min_seconds,
                    encodings=not args.no_encodings)
+    elif args.bench == "profile":
+        from distgan.bench.profile import profile_config
+
+        if args.steps < 1:
+            raise UserError(f"--steps must be positive, got {args.steps}")
+        profile_config(Path(args.config), steps=args.steps, overrides=args.overrides)
     elif args.bench == "quality":
         from distgan.bench.quality import bench_quality
 
