@@ -13,13 +13,16 @@ from torch import nn
 
 from distgan.config import AugmentConfig, LossConfig, ModelConfig, load_config
 from distgan.data.info import DatasetInfo
+from distgan.data.shards import MAX_CLASSES
 from distgan.errors import UserError
+from distgan.evaluation.metrics import FeatureSet, intra_fid, label_accuracy
 from distgan.training.augment import DiffAugment, cutout, translation
 from distgan.training.gan_step import GANStep
 from distgan.training.losses import r1_penalty
 from distgan.training.models import build_discriminator, build_generator
 from distgan.training.networks import Networks
 from distgan.training.precision import Precision
+from distgan.training.sampling import parse_labels, sample_images
 from distgan.training.trainer import num_classes_for
 
 
@@ -94,6 +97,35 @@ def test_conditional_models_use_the_labels(arch):
     assert "inputs.class_freqs" in g.state_dict()  # a checkpoint alone can draw labels as the data has them
     with pytest.raises(ValueError, match="class-conditional"):
         g(z)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_conditional_models_take_labels_past_255(arch):
+    """K = 300 (labels.u16 data): G's embedding and conditional BatchNorm, D's projection and the sampling and
+    evaluation paths use classes 256..299 as themselves (no uint8 wrap: row 256 + k, never k)."""
+    k = 300
+    assert ModelConfig(conditional=True, num_classes=MAX_CLASSES).num_classes == MAX_CLASSES  # the shards' limit
+    cfg = ModelConfig(arch=arch, z_dim=8, g_hidden=[16], d_hidden=[16], g_width=8, d_width=8, spectral_norm=False,
+                      conditional=True, num_classes=k)
+    g, d = build_generator(cfg, (1, 16, 16)), build_discriminator(cfg, (1, 16, 16))
+    labels = torch.tensor([0, 255, 256, 299])
+    fake = g(torch.randn(4, 8, generator=gen(0)), labels)
+    (d(fake, labels).sum() + d(images(4), labels).sum()).backward()
+    grads = {"G embedding": g.inputs.embed.weight.grad, "D projection": d.project.embed.weight.grad}
+    if arch == "dcgan":
+        grads["G conditional BatchNorm"] = g.blocks[0].norm.gain.weight.grad
+    for name, grad in grads.items():
+        used = grad.abs().sum(dim=1) > 0
+        assert used.nonzero().flatten().tolist() == [0, 255, 256, 299], name
+    y = parse_labels("256,299", k, 4)
+    assert y.tolist() == [256, 299, 256, 299] and sample_images(g, 4, labels=y).shape == (4, 16, 16)
+    with pytest.raises(UserError, match="class 300 is out of range"):
+        parse_labels("300", k, 1)
+    feats, logits = torch.randn(8, 4, generator=gen(2)), torch.zeros(8, k)
+    logits[torch.arange(8), torch.tensor([256, 299] * 4)] = 1.0
+    fakes = FeatureSet(feats, logits, torch.tensor([256, 299] * 4))
+    reals = FeatureSet(feats + 0.1, logits, torch.tensor([256, 299] * 4))
+    assert label_accuracy(fakes.logits, fakes.labels) == 1.0 and intra_fid(reals, fakes) >= 0.0
 
 
 def test_conditional_needs_labels_and_matching_classes():

@@ -22,7 +22,7 @@ from distgan.data import build_loader, dataset_info, load_split, samples_per_epo
 from distgan.data.idx import FILES, parse_idx
 from distgan.data.image_folder import hash_fraction, scan
 from distgan.data.prepare import prepare
-from distgan.data.shards import Layout, read_shard
+from distgan.data.shards import MAX_CLASSES, Layout, check_num_classes, label_bytes_for, read_shard
 from distgan.errors import UserError
 from distgan.locks import LOCK_FILE
 
@@ -317,8 +317,8 @@ def test_version_1_output_is_still_read(mnist_shards, mnist_raw, tmp_path):
     assert torch.equal(x, x2) and torch.equal(y, y2)
     assert _keys_in_order(out / "train", 2, 0, 64) == _keys_in_order(mnist_shards / "train", 2, 0, 64)
     # An unknown version is refused with one line; prepare upgrades the directory in place.
-    (out / "manifest.json").write_text(json.dumps({**_v1_manifest(v2), "format": "distgan-shards", "version": 3}))
-    with pytest.raises(UserError, match="manifest format version 3, this distgan reads versions 1 and 2") as exc:
+    (out / "manifest.json").write_text(json.dumps({**_v1_manifest(v2), "format": "distgan-shards", "version": 4}))
+    with pytest.raises(UserError, match="manifest format version 4, this distgan reads versions 1, 2 and 3") as exc:
         samples_per_epoch(out / "train")
     assert "\n" not in str(exc.value)
     (out / "manifest.json").write_text(json.dumps(_v1_manifest(v2)))
@@ -372,3 +372,75 @@ def test_labels_and_named_dataset_classes(mnist_raw, tmp_path, rgb_folder):
     line = _one_line_error(run_cli(["prepare", "--image-folder", str(rgb_folder), "--npz", "x.npz", "--out",
                                     str(tmp_path / "c")], timeout=60, check=False))
     assert "one source per run" in line
+
+
+# -- more than 256 classes ---------------------------------------------------------------------------
+
+def _many_class_folder(root: Path, num_classes: int) -> Path:
+    """num_classes class folders c00000.. of one or two 8x8 grayscale PNGs whose first two pixels spell the
+    class index (low byte, high byte), so that a label can be checked against its own image."""
+    for k in range(num_classes):
+        folder = root / f"c{k:05d}"
+        folder.mkdir(parents=True)
+        for j in range(1 + k % 2):
+            pixels = np.full((8, 8), 17 * j, np.uint8)
+            pixels[0, 0], pixels[0, 1] = k & 0xFF, k >> 8
+            Image.fromarray(pixels).save(folder / f"{j}.png")
+    return root
+
+
+def _label_of_image(images: torch.Tensor) -> torch.Tensor:
+    return images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()
+
+
+def test_300_classes_get_16_bit_labels(tmp_path):
+    """300 class folders: format version 3 with labels.u16 members; build_loader and load_split yield each
+    image's folder index, 256..299 included; a rerun is a no-op."""
+    root = _many_class_folder(tmp_path / "folders", 300)
+    out = tmp_path / "out"
+    manifest = _quiet(out, image_folder=root, shard_size=64, test_fraction=0.2)
+    assert manifest["version"] == 3 and manifest["sample"]["label_dtype"] == "uint16"
+    assert manifest["classes"]["names"] == [f"c{k:05d}" for k in range(300)]
+    assert "labels.u16" in manifest["sample"]["members"] and "labels.u8" not in manifest["sample"]["members"]
+    counts = [a + b for a, b in zip(manifest["classes"]["counts"]["train"], manifest["classes"]["counts"]["test"],
+                                    strict=True)]
+    assert counts == [1 + k % 2 for k in range(300)]
+    with tarfile.open(out / "train" / "train-000000.tar") as tar:
+        assert sorted(m.name.split(".", 1)[1] for m in tar) == ["images.u8", "keys.txt", "labels.u16"]
+    info = dataset_info(out)
+    assert info.num_classes == 300 and len(info.class_frequencies) == 300
+    seen: list[int] = []
+    for batch in build_loader(out / "train", batch_size=16, rank=0, world_size=1, num_workers=0, seed=3, epoch=0):
+        assert batch["label"].dtype == torch.int64
+        assert torch.equal(batch["label"], _label_of_image(batch["image"]))
+        seen += batch["label"].tolist()
+    x, y = load_split(out / "test")
+    assert torch.equal(y, _label_of_image(x))
+    assert max(seen) >= 256 and int(y.max()) >= 256  # labels past one byte, in both splits
+    assert len(seen) == manifest["splits"]["train"]["count"] // 16 * 16 and len(y) + len(seen) > 400
+    lines: list[str] = []
+    prepare(out, image_folder=root, shard_size=64, test_fraction=0.2, progress=False, log=lines.append)
+    assert any("nothing to do" in line for line in lines)
+
+
+def test_class_limit_is_one_line(tmp_path):
+    """65,536 classes (uint16 labels) at most; more is refused in one line before any shard is written."""
+    assert MAX_CLASSES == 65536 and label_bytes_for(256) == 1 and label_bytes_for(257) == 2
+    assert label_bytes_for(None) == 1 and label_bytes_for(MAX_CLASSES) == 2
+    check_num_classes(MAX_CLASSES, "--image-folder X", "class folders")
+    with pytest.raises(UserError, match="--image-folder X: 65,537 class folders, more than the 65,536 classes") \
+            as exc:
+        check_num_classes(MAX_CLASSES + 1, "--image-folder X", "class folders")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="100,000 classes, more than the 65,536"):
+        label_bytes_for(100_000)
+    # The CLI, from a .npz (65,537 class folders take ~10 s to make and scan; their line is the one above).
+    npz, out = tmp_path / "many.npz", tmp_path / "out"
+    np.savez(npz, images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, 1]),
+             class_names=np.array([f"c{k}" for k in range(MAX_CLASSES + 1)]))
+    line = _one_line_error(run_cli(["prepare", "--npz", str(npz), "--out", str(out)], timeout=60, check=False))
+    assert f"--npz {npz}: 65,537 names in 'class_names', more than the 65,536 classes" in line
+    np.savez(npz, images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, MAX_CLASSES]))
+    line = _one_line_error(run_cli(["prepare", "--npz", str(npz), "--out", str(out)], timeout=60, check=False))
+    assert "'labels' holds 0..65536; labels must be 0..65535" in line
+    assert not (out / "manifest.json").exists() and not (out / "train").exists()

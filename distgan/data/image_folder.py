@@ -7,7 +7,8 @@ Layout rules (hidden files and folders, and files with other suffixes, are ignor
   big-endian integer, divided by 2**64, fall below `--test-fraction` (default 0.1), else to `train`:
   deterministic, and a file keeps its split when others are added or removed.
 - Labels: a collection (DIR, or each of DIR/train and DIR/test) holding only folders is labelled: each
-  folder is a class, the sorted folder names are the class names, label = position. With explicit
+  folder is a class, the sorted folder names are the class names, label = position (at most 65,536 class
+  folders: distgan.data.shards.MAX_CLASSES, checked before any image is opened). With explicit
   splits the class names are train/'s and every test/ folder must be one of them. A collection holding
   only image files is unlabelled. Folders and images side by side, or folders inside class folders,
   stop with one line naming the path.
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from distgan.data.imaging import Transform
+from distgan.data.shards import check_num_classes
 from distgan.errors import UserError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -40,7 +42,8 @@ DEFAULT_TEST_FRACTION = 0.1
 
 def hash_fraction(text: str) -> float:
     """A stable number in [0, 1) for `text`: the first 8 bytes of its sha256, over 2**64."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+    # surrogateescape: a file name that is not UTF-8 (b"\xff.png" reads as "\udcff.png") hashes its own bytes
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2.0 ** 64
 
 
 def _visible(path: Path) -> list[Path]:
@@ -68,6 +71,7 @@ def _scan_collection(folder: Path) -> _Collection:
                         f"({dirs[0].name}...); use class folders only, or images only (unlabelled)")
     if not dirs:
         return _Collection([(p, None) for p in images], None)
+    check_num_classes(len(dirs), f"--image-folder {folder}", "class folders")
     files: list[tuple[Path, str | None]] = []
     for d in dirs:
         for p in _visible(d):
@@ -96,7 +100,8 @@ class FolderScan:
         for split in ("train", "test"):
             for path, label in self.splits[split]:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                h.update(f"{split}\t{label}\t{path.relative_to(self.root).as_posix()}\t{digest}\n".encode())
+                h.update(f"{split}\t{label}\t{path.relative_to(self.root).as_posix()}\t{digest}\n"
+                         .encode("utf-8", "surrogateescape"))
                 n += 1
         return n, h.hexdigest()
 
@@ -138,7 +143,7 @@ def scan(root: str | os.PathLike[str], test_fraction: float = DEFAULT_TEST_FRACT
 
 @dataclass
 class FolderImages:
-    """Decoded images: split -> (uint8 N x C x H x W, uint8 labels or None); skipped files and why."""
+    """Decoded images: split -> (uint8 N x C x H x W, int64 labels or None); skipped files and why."""
 
     splits: dict[str, tuple[np.ndarray, np.ndarray | None]]
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -188,7 +193,7 @@ def read_images(found: FolderScan, transform: Transform, *, skip_bad: bool,
             labels.append(label if label is not None else 0)
         shape = first[0] if first is not None else (transform.channels or 1, 1, 1)
         images = np.stack(arrays) if arrays else np.empty((0, *shape), np.uint8)
-        out[split] = (images, np.asarray(labels, np.uint8) if found.classes is not None else None)
+        out[split] = (images, np.asarray(labels, np.int64) if found.classes is not None else None)
         log(f"{split}: decoded {len(arrays)} images from {found.root}")
     if skipped:
         log(f"skipped {len(skipped)} unreadable image(s) (--skip-bad), listed in the manifest: "

@@ -33,9 +33,11 @@ from distgan.data.shards import (
     MAX_SIDE,
     SPLITS,
     UNLABELLED,
+    WIDE_FORMAT_VERSION,
     Layout,
     is_distgan_manifest,
     is_shard_name,
+    label_bytes_for,
     read_manifest,
     shard_name,
     verify_split,
@@ -99,8 +101,8 @@ def _is_up_to_date(out: Path, key: Mapping[str, Any]) -> bool:
     and these options (`key`: the manifest's source, transform, dataset and shard_size)."""
     try:
         manifest = read_manifest(out)
-        if manifest["version"] != FORMAT_VERSION or any(manifest.get(k) != v for k, v in key.items()) \
-                or set(manifest["splits"]) != set(SPLITS):
+        if manifest["version"] not in (FORMAT_VERSION, WIDE_FORMAT_VERSION) \
+                or any(manifest.get(k) != v for k, v in key.items()) or set(manifest["splits"]) != set(SPLITS):
             return False
         for split in SPLITS:
             verify_split(out, manifest, split)
@@ -129,7 +131,8 @@ def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray, 
 
 
 def _layout_of(data: SourceData) -> Layout:
-    """The one image shape of all splits, within what the shard format allows."""
+    """The one image shape of all splits, within what the shard format allows, and the label width its
+    number of classes needs."""
     shapes = {tuple(int(d) for d in x.shape[1:]) for x, _ in data.splits.values() if len(x)}
     if len(shapes) != 1:
         raise UserError(f"the splits have different image shapes {sorted(shapes)} (C, H, W); pass "
@@ -139,20 +142,29 @@ def _layout_of(data: SourceData) -> Layout:
     if c not in CHANNELS or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise UserError(f"images are {w}x{h} with {c} channel(s); shards hold 1 or 3 channels and sides up to "
                         f"{MAX_SIDE}: pass --resolution R (and --channels 1|3)")
-    return Layout(shape)  # type: ignore[arg-type]
+    return Layout(shape, label_bytes_for(None if data.classes is None else len(data.classes)))  # type: ignore[arg-type]
+
+
+def _sample_entry(layout: Layout) -> dict[str, Any]:
+    """The manifest's `sample`: shape, pack size and members (with `label_dtype` for two-byte labels)."""
+    c, h, w = layout.shape
+    labels = "n raw uint8 (255 for every image if classes is null)" if layout.label_bytes == 1 \
+        else "n raw uint16 little-endian"
+    sample = {"shape": list(layout.shape), "dtype": "uint8", "pack_size": layout.pack_size,
+              "members": {"images.u8": f"n*{c}*{h}*{w} raw uint8, each image C x H x W row-major",
+                          layout.labels_member: labels, "keys.txt": "n newline-separated sample keys"}}
+    if layout.label_bytes != 1:
+        sample["label_dtype"] = "uint16"
+    return sample
 
 
 def _manifest(splits: Mapping[str, Any], key: Mapping[str, Any], layout: Layout, data: SourceData,
               counts: Mapping[str, list[int]] | None) -> dict[str, Any]:
-    """The manifest of a finished output (format version 2)."""
-    c, h, w = layout.shape
+    """The manifest of a finished output (format version 2; 3 for two-byte labels)."""
     return {
         "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "sample": {"shape": list(layout.shape), "dtype": "uint8", "pack_size": layout.pack_size,
-                   "members": {"images.u8": f"n*{c}*{h}*{w} raw uint8, each image C x H x W row-major",
-                               "labels.u8": "n raw uint8 (255 for every image if classes is null)",
-                               "keys.txt": "n newline-separated sample keys"}},
+        "version": FORMAT_VERSION if layout.label_bytes == 1 else WIDE_FORMAT_VERSION,
+        "sample": _sample_entry(layout),
         "classes": None if data.classes is None else {"names": list(data.classes), "counts": dict(counts or {})},
         "skipped": list(data.skipped),
         **key,

@@ -10,14 +10,19 @@ Layout (DIR = `prepare --out`):
 Each pack (webdataset key = `<split>-<index of its first image>`) has three members:
 `images.u8` (n*C*H*W raw uint8 bytes, each image C x H x W row-major), `labels.u8` (n raw uint8 bytes;
 255 for every image of an unlabelled dataset) and `keys.txt` (n newline-separated stable sample keys
-`<split>-<index in the source's order>`). A pack holds as many images as fit in PACK_BYTES (1 MiB), at
-least one and at most MAX_PACK_IMAGES: the pack size follows from the image shape (Layout), never from a
-number the manifest could inflate, and so do the member-size caps checked before any member is read.
+`<split>-<index in the source's order>`). A dataset of more than 256 classes has `labels.u16` instead of
+`labels.u8`: n raw uint16 little-endian labels (format version 3). A pack holds as many images as fit in
+PACK_BYTES (1 MiB), at least one and at most MAX_PACK_IMAGES: the pack size follows from the image shape
+(Layout), never from a number the manifest could inflate, and so do the member-size caps checked before
+any member is read.
 Raw bytes decode in about a microsecond per image where PNG or npy take ~100 us, and packing removes
 webdataset's per-sample tar and Python overhead; see the README's data section for the measurements.
 
-Format version 2 (this one) records the shape [C, H, W] and the classes; version 1 (MNIST only, format
-name "distgan-mnist-shards") is still read, as shape [1, 28, 28], 10 classes "0".."9".
+Format version 2 records the shape [C, H, W] and the classes (at most 256: one-byte labels); version 3 is
+version 2 with two-byte labels (`sample.label_dtype` "uint16", members `labels.u16`) for 257..65,536
+classes, written only then, so that a distgan reading versions 1 and 2 refuses it in one line and every
+dataset of up to 256 classes stays byte-identical. Version 1 (MNIST only, format name
+"distgan-mnist-shards") is still read, as shape [1, 28, 28], 10 classes "0".."9".
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from distgan.hashing import file_sha256
 
 FORMAT = "distgan-shards"
 LEGACY_FORMAT = "distgan-mnist-shards"  # version 1
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # written for up to BYTE_CLASSES classes (labels.u8)
+WIDE_FORMAT_VERSION = 3  # written for more classes: version 2 with uint16 labels (labels.u16)
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 PACK_BYTES = 1 << 20  # image bytes per pack, at most (a pack holds at least one image)
 MAX_PACK_IMAGES = 1000
@@ -50,10 +56,11 @@ PACK_SIZE = MAX_PACK_IMAGES  # MNIST's pack size (28x28: 1000 images, 784,000 by
 MAX_SIDE = 1024  # largest image side a manifest may declare
 CHANNELS = (1, 3)
 UNLABELLED = 255  # the label byte of every image of an unlabelled dataset (yielded as -1 by the loader)
-MAX_CLASSES = 256  # labels are bytes; whether 255 is a label or "unlabelled" is the manifest's `classes`
+BYTE_CLASSES = 256  # classes one-byte labels name; whether 255 is a label or "unlabelled" is the manifest's `classes`
+MAX_CLASSES = 1 << 16  # the most classes a dataset may have: uint16 labels (labels.u16) name 0..65535
 SHARD_MTIME = 946684800  # fixed tar member mtime (2000-01-01) so that shards are byte-identical
 SPLITS = ("train", "test")
-MEMBERS = ("images.u8", "labels.u8", "keys.txt")
+MEMBERS = ("images.u8", "labels.u8", "keys.txt")  # a pack's members with one-byte labels (Layout.members)
 IMAGE_BYTES = ROWS * COLS  # MNIST's
 MAX_KEY_BYTES = 64  # a sample key is `<split>-<index>`; anything longer is not ours
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -61,9 +68,26 @@ MNIST_CLASSES = tuple(str(i) for i in range(10))
 
 @dataclass(frozen=True)
 class Layout:
-    """How images are packed: shape (C, H, W), and what follows from it (pack size, member-size caps)."""
+    """How images are packed: shape (C, H, W) and bytes per label (1: labels.u8, 2: labels.u16 little-endian),
+    and what follows from them (pack size, member names and size caps)."""
 
     shape: tuple[int, int, int]
+    label_bytes: int = 1
+
+    @property
+    def labels_member(self) -> str:
+        """The name (suffix) of a pack's labels member."""
+        return "labels.u8" if self.label_bytes == 1 else "labels.u16"
+
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The numpy dtype of the labels member's raw bytes."""
+        return np.dtype(np.uint8) if self.label_bytes == 1 else np.dtype("<u2")
+
+    @property
+    def members(self) -> tuple[str, str, str]:
+        """The members every pack holds."""
+        return ("images.u8", self.labels_member, "keys.txt")
 
     @property
     def image_bytes(self) -> int:
@@ -79,7 +103,24 @@ class Layout:
     def max_member_bytes(self) -> dict[str, int]:
         """The most bytes each member of a pack may declare in its tar header: checked before reading."""
         n = self.pack_size
-        return {"images.u8": n * self.image_bytes, "labels.u8": n, "keys.txt": n * (MAX_KEY_BYTES + 1)}
+        return {"images.u8": n * self.image_bytes, self.labels_member: n * self.label_bytes,
+                "keys.txt": n * (MAX_KEY_BYTES + 1)}
+
+
+def check_num_classes(count: int, where: str, what: str = "classes") -> None:
+    """One-line UserError, starting with `where`, if `count` classes are more than shards can label."""
+    if count > MAX_CLASSES:
+        raise UserError(f"{where}: {count:,} {what}, more than the {MAX_CLASSES:,} classes distgan shards can label "
+                        f"(16-bit labels); merge classes or split the dataset")
+
+
+def label_bytes_for(num_classes: int | None) -> int:
+    """Bytes per label for a dataset of `num_classes` classes (None: unlabelled): 1 up to BYTE_CLASSES, else
+    2 (UserError beyond MAX_CLASSES)."""
+    if num_classes is None or num_classes <= BYTE_CLASSES:
+        return 1
+    check_num_classes(num_classes, "the dataset")
+    return 2
 
 
 MNIST_LAYOUT = Layout((1, ROWS, COLS))
@@ -129,19 +170,33 @@ def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, 
             writer.write({
                 "__key__": sample_key(split, start + lo),
                 "images.u8": np.ascontiguousarray(images[lo:hi], dtype=np.uint8).tobytes(),
-                "labels.u8": np.ascontiguousarray(labels[lo:hi], dtype=np.uint8).tobytes(),
+                layout.labels_member: _encode_labels(labels[lo:hi], layout),
                 "keys.txt": keys.encode("ascii"),
             })
         writer.close()
 
 
+def _encode_labels(labels: np.ndarray, layout: Layout) -> bytes:
+    """Labels as the raw bytes of `layout`'s labels member; ValueError for one it cannot hold (never wrapped)."""
+    labels = np.asarray(labels)
+    top = 1 << (8 * layout.label_bytes)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= top):
+        raise ValueError(f"labels {int(labels.min())}..{int(labels.max())} do not fit {layout.labels_member} "
+                         f"(0..{top - 1})")
+    return np.ascontiguousarray(labels, dtype=layout.label_dtype).tobytes()
+
+
 def _check_pack(sample: Mapping[str, Any], where: str, layout: Layout) -> tuple[np.ndarray, list[str]]:
     """A pack's labels and keys, once its members are all there and their sizes agree (else UserError)."""
-    missing = [m for m in MEMBERS if m not in sample]
+    missing = [m for m in layout.members if m not in sample]
     if missing:
         raise UserError(f"{where}: pack {sample.get('__key__')} lacks {', '.join(missing)}; the shard is "
                         f"corrupt, rerun `distgan prepare`")
-    labels = np.frombuffer(sample["labels.u8"], dtype=np.uint8)
+    raw = sample[layout.labels_member]
+    if len(raw) % layout.label_bytes:
+        raise UserError(f"{where}: pack {sample.get('__key__')} has {len(raw)} bytes of {layout.label_bytes}-byte "
+                        f"labels; the shard is corrupt, rerun `distgan prepare`")
+    labels = np.frombuffer(raw, dtype=layout.label_dtype)
     n = len(labels)
     image_len = len(sample["images.u8"])
     try:
@@ -202,7 +257,7 @@ def _packs(path: Path, f: BinaryIO, file_size: int, layout: Layout) -> list[dict
             key, dot, suffix = base.partition(".")
             limit = caps.get(suffix)
             if not dot or limit is None:
-                raise _corrupt(path, f"unexpected member {member.name!r} (a pack holds {', '.join(MEMBERS)})")
+                raise _corrupt(path, f"unexpected member {member.name!r} (a pack holds {', '.join(layout.members)})")
             if member.size > limit:  # for a sparse member, the size it would expand to
                 raise _corrupt(path, f"member {member.name!r} declares {member.size} bytes, more than the "
                                      f"{limit} a pack of {layout.pack_size} "
@@ -218,14 +273,14 @@ def _packs(path: Path, f: BinaryIO, file_size: int, layout: Layout) -> list[dict
             packs[-1][suffix] = _Span(member.offset_data, member.size)
             if suffix != "images.u8":
                 small.append((packs[-1], suffix, member.offset_data, member.size))
-    for pack, suffix, offset, size in small:  # labels and keys: at most 65 bytes per image
+    for pack, suffix, offset, size in small:  # labels and keys: at most 67 bytes per image
         f.seek(offset)
         pack[suffix] = f.read(size)
     return packs
 
 
 def read_shard(path: Path, layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a whole shard: images (n,C,H,W) uint8, labels (n,) uint8, keys.
+    """Read a whole shard: images (n,C,H,W) uint8, labels (n,) of `layout.label_dtype`, keys.
 
     Every pack is checked (members present, sizes agreeing with its number of labels) before the image
     array is allocated, so memory is bounded by the shard's size on disk; each images member is then
@@ -253,7 +308,7 @@ def read_shard(path: Path, layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, n
         msg = str(e).split("\n")[0] or type(e).__name__
         raise _corrupt(path, f"cannot read shard ({type(e).__name__}: {msg})") from e
     if not checked:
-        return images, np.empty((0,), np.uint8), []
+        return images, np.empty((0,), layout.label_dtype), []
     return images, np.concatenate([labels for labels, _ in checked]), [k for _, keys in checked for k in keys]
 
 
@@ -322,6 +377,9 @@ def _validate_sample(path: Path, manifest: Mapping[str, Any]) -> None:
             and shape[0] in CHANNELS and shape[1] <= MAX_SIDE and shape[2] <= MAX_SIDE):
         raise _field(path, "sample.shape", f"must be [C, H, W] with C in {list(CHANNELS)} and H, W in "
                                            f"1..{MAX_SIDE}, not {shape!r}")
+    if manifest["version"] == WIDE_FORMAT_VERSION and sample.get("label_dtype") != "uint16":
+        raise _field(path, "sample.label_dtype", f"must be \"uint16\" in format version {WIDE_FORMAT_VERSION}, not "
+                                                 f"{sample.get('label_dtype')!r}")
     want = Layout(tuple(shape)).pack_size  # type: ignore[arg-type]
     if sample.get("pack_size") != want:
         raise _field(path, "sample.pack_size", f"is {sample.get('pack_size')!r} but {shape} images pack "
@@ -336,8 +394,10 @@ def _validate_classes(path: Path, manifest: Mapping[str, Any]) -> None:
     if not isinstance(classes, dict):
         raise _field(path, "classes", "must be null (unlabelled) or an object")
     names = classes.get("names")
-    if not (isinstance(names, list) and 1 <= len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)):
-        raise _field(path, "classes.names", f"must be a list of 1..{MAX_CLASSES} strings")
+    most = MAX_CLASSES if manifest["version"] == WIDE_FORMAT_VERSION else BYTE_CLASSES
+    if not (isinstance(names, list) and 1 <= len(names) <= most and all(isinstance(n, str) for n in names)):
+        raise _field(path, "classes.names", f"must be a list of 1..{most} strings"
+                                            f"{' (one-byte labels)' if most == BYTE_CLASSES else ''}")
     counts = classes.get("counts")
     if not isinstance(counts, dict) or set(counts) != set(manifest["splits"]):
         raise _field(path, "classes.counts", "must hold one list per split")
@@ -351,16 +411,16 @@ def _validate_classes(path: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
-    """Check a loaded manifest (version 1 or 2) completely; a one-line UserError naming `path` and the
+    """Check a loaded manifest (versions 1 to 3) completely; a one-line UserError naming `path` and the
     bad field."""
     out = path.parent
     if not is_distgan_manifest(manifest):
         raise UserError(f"{path}: not a distgan shard manifest; rerun `distgan prepare --out {out}`")
     version = manifest.get("version")
     if version not in READABLE_VERSIONS or (version == 1) != (manifest["format"] == LEGACY_FORMAT):
-        raise UserError(f"{path}: manifest format version {version!r}, this distgan reads versions "
-                        f"{' and '.join(map(str, READABLE_VERSIONS))}; rerun `distgan prepare --out {out}` "
-                        f"(or use the distgan that wrote it)")
+        readable = f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}"
+        raise UserError(f"{path}: manifest format version {version!r}, this distgan reads versions {readable}; "
+                        f"rerun `distgan prepare --out {out}` (or use the distgan that wrote it)")
     if _INCOMPLETE in manifest:
         raise UserError(f"{path}: `distgan prepare` did not finish writing {out} (interrupted, or still "
                         f"running); rerun `distgan prepare --out {out}`")
@@ -392,10 +452,11 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
 
 
 def manifest_layout(manifest: Mapping[str, Any]) -> Layout:
-    """The Layout of a validated manifest (version 1: MNIST's)."""
+    """The Layout of a validated manifest (version 1: MNIST's; version 3: two-byte labels)."""
     if manifest["version"] == 1:
         return MNIST_LAYOUT
-    return Layout(tuple(manifest["sample"]["shape"]))  # type: ignore[arg-type]
+    label_bytes = 2 if manifest["version"] == WIDE_FORMAT_VERSION else 1
+    return Layout(tuple(manifest["sample"]["shape"]), label_bytes)  # type: ignore[arg-type]
 
 
 def manifest_classes(manifest: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -422,7 +483,7 @@ def is_distgan_manifest(obj: Any) -> bool:
 
 
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load DIR/manifest.json and validate all of it (version 1 or 2); a one-line UserError if absent or
+    """Load DIR/manifest.json and validate all of it (versions 1 to 3); a one-line UserError if absent or
     unusable."""
     path = Path(out) / MANIFEST
     return validate_manifest(path, load_manifest_json(path))
@@ -471,8 +532,9 @@ def verify_split(out: Path, manifest: Mapping[str, Any], split: str) -> None:
         _VERIFIED[str(path)] = sig
 
 
-__all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "PACK_BYTES",
-           "MAX_PACK_IMAGES", "PACK_SIZE", "MAX_SIDE", "CHANNELS", "UNLABELLED", "MAX_CLASSES", "SPLITS", "MEMBERS",
+__all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "WIDE_FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST",
+           "PACK_BYTES", "MAX_PACK_IMAGES", "PACK_SIZE", "MAX_SIDE", "CHANNELS", "UNLABELLED", "BYTE_CLASSES",
+           "MAX_CLASSES", "check_num_classes", "label_bytes_for", "SPLITS", "MEMBERS",
            "IMAGE_BYTES", "MAX_MEMBER_BYTES", "Layout", "MNIST_LAYOUT", "MNIST_CLASSES", "shard_name",
            "is_shard_name", "sample_key", "write_shard", "read_shard", "decode_pack", "validate_manifest",
            "manifest_layout", "manifest_classes", "load_manifest_json", "is_distgan_manifest", "read_manifest",

@@ -1,5 +1,5 @@
 """The sources of `distgan prepare`, one per run, each turned into the same thing: per split uint8
-images (N, C, H, W) and uint8 labels (or None: unlabelled), the class names, and a `source` entry for
+images (N, C, H, W) and integer labels 0..K-1 (or None: unlabelled), the class names, and a `source` entry for
 the manifest that changes whenever the input or an option does (the up-to-date check compares it).
 
 - IDX quadruple (`--raw-dir DIR`, or `--dataset NAME` downloaded): the official train/test split.
@@ -9,7 +9,7 @@ the manifest that changes whenever the input or an option does (the up-to-date c
 - `.npz` (`--npz FILE`, read with allow_pickle=False): `train_images` [+ `test_images`] (with
   `train_labels`/`test_labels` if labelled), or `images` [+ `labels`] split like an image folder's
   files, by hash_fraction(str(index)) < --test-fraction. Images uint8 N x H x W (grayscale) or
-  N x H x W x C (C = 1 or 3); labels integers 0..255; optional `class_names` (strings), else
+  N x H x W x C (C = 1 or 3); labels integers 0..65535; optional `class_names` (strings), else
   "0".."max label".
 """
 
@@ -32,7 +32,7 @@ from distgan.data.datasets import resolve_mirrors as dataset_mirrors
 from distgan.data.download import download_dataset
 from distgan.data.idx import FILES, MAX_BODY_BYTES, MAX_ITEMS, MAX_SIDE, find_raw_files, load_pair
 from distgan.data.imaging import Transform, apply_to_array
-from distgan.data.shards import CHANNELS, MAX_CLASSES, SPLITS
+from distgan.data.shards import BYTE_CLASSES, CHANNELS, MAX_CLASSES, SPLITS, check_num_classes
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 
@@ -45,7 +45,7 @@ IDX_SPLITS: dict[str, tuple[str, str]] = {"train": ("train_images", "train_label
 class SourceData:
     """What every source yields to `prepare`."""
 
-    splits: dict[str, tuple[np.ndarray, np.ndarray | None]]  # split -> (uint8 N,C,H,W, uint8 N or None)
+    splits: dict[str, tuple[np.ndarray, np.ndarray | None]]  # split -> (uint8 N,C,H,W, integer N or None)
     classes: tuple[str, ...] | None
     skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -126,9 +126,10 @@ def _npz_images(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
 def _npz_labels(arr: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
     if arr.ndim != 1 or len(arr) != n or not np.issubdtype(arr.dtype, np.integer):
         raise UserError(f"{path}: {key!r} must be {n} integers (one per image), not {arr.dtype} {arr.shape}")
-    if n and (int(arr.min()) < 0 or int(arr.max()) > 255):
-        raise UserError(f"{path}: {key!r} holds {int(arr.min())}..{int(arr.max())}; labels must be 0..255")
-    return arr.astype(np.uint8)
+    if n and (int(arr.min()) < 0 or int(arr.max()) >= MAX_CLASSES):
+        raise UserError(f"{path}: {key!r} holds {int(arr.min())}..{int(arr.max())}; labels must be "
+                        f"0..{MAX_CLASSES - 1}")
+    return arr.astype(np.uint8 if not n or int(arr.max()) < BYTE_CLASSES else np.uint16)
 
 
 # The arrays a .npz source may hold; np.load reads only these (any other array is left unread).
@@ -243,6 +244,7 @@ def _read_npz(path: Path, test_fraction: float) -> tuple[dict[str, tuple[np.ndar
         labels = [y for _, y in parts.values() if y is not None]
         if "class_names" in arrays:
             names = arrays["class_names"]
+            check_num_classes(len(names), f"--npz {path}", "names in 'class_names'")
             if names.ndim != 1 or names.dtype.kind != "U" or not 1 <= len(names) <= MAX_CLASSES:
                 raise UserError(f"{path}: 'class_names' must be 1..{MAX_CLASSES} strings")
             classes = tuple(str(n) for n in names)
