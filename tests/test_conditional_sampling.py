@@ -16,6 +16,7 @@ from torch import nn
 from distgan.errors import UserError
 from distgan.evaluation import metrics as M
 from distgan.training.sampling import (
+    GRID_MAX_CLASSES,
     class_grid,
     eval_labels,
     fixed_noise,
@@ -110,6 +111,11 @@ def test_grid_inputs_rows_are_classes():
     assert z.equal(fixed_noise(12, 8, 5)) and y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     z, y = grid_inputs(plain, 3, 8, seed=5)
     assert z.equal(fixed_noise(9, 8, 5)) and y is None
+    many = _mlp(num_classes=300)  # 300 rows of samples would make a grid nobody can look at
+    z, y = grid_inputs(many, 2, 8, seed=5)
+    rows = y[::2].tolist()
+    assert len(rows) == GRID_MAX_CLASSES and rows[0] == 0 and rows[-1] == 299 and rows == sorted(set(rows))
+    assert z.equal(fixed_noise(2 * GRID_MAX_CLASSES, 8, 5)) and y.tolist() == [r for r in rows for _ in range(2)]
 
 
 # -- generating ----------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def parse_labels(spec: str, num_classes: int, n: int) -> torch.Tensor:
 
     UserError (one line) for an unconditional generator (num_classes 0), a malformed spec or a class out of
     0..K-1."""
-    spec = spec.strip()
+    spec = " ".join(spec.split())  # stripped, and one line in messages ("1,\n12": int() skips whitespace)
     if num_classes < 1:
         raise UserError(f"--labels {spec}: this generator is unconditional (no classes); drop --labels")
     valid = f"use all, one class K or K1,K2,... with classes 0..{num_classes - 1}"
@@ -178,14 +178,19 @@ def class_grid(images: np.ndarray | torch.Tensor, labels: LabelsLike, pad: int =
     return grid_image(cells, nrow=ncol, pad=pad)
 
 
+GRID_MAX_CLASSES = 32  # rows of a conditional sample grid
+
+
 def grid_inputs(generator: torch.nn.Module, grid_size: int, z_dim: int, seed: int) -> tuple[torch.Tensor,
                                                                                              torch.Tensor | None]:
-    """The fixed inputs of the trainer's sample grid: for a conditional G, K rows of `grid_size` (row k is
-    class k), noise `fixed_noise(K * grid_size, z_dim, seed)`; else grid_size**2 noise rows and None."""
+    """The fixed inputs of the trainer's sample grid: for a conditional G, one row of `grid_size` per class
+    (at most GRID_MAX_CLASSES rows, evenly spaced classes beyond: 1,000 classes would make a grid of 8,000
+    images), noise `fixed_noise(rows * grid_size, z_dim, seed)`; else grid_size**2 noise rows and None."""
     k = num_classes_of(generator)
     if k == 0:
         return fixed_noise(grid_size**2, z_dim, seed), None
-    return fixed_noise(k * grid_size, z_dim, seed), torch.arange(k).repeat_interleave(grid_size)
+    classes = torch.arange(k) if k <= GRID_MAX_CLASSES else torch.linspace(0, k - 1, GRID_MAX_CLASSES).round().long()
+    return fixed_noise(len(classes) * grid_size, z_dim, seed), classes.repeat_interleave(grid_size)
 
 
 def samples_grid(images: np.ndarray, labels: LabelsLike | None) -> np.ndarray:
