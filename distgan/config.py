@@ -97,8 +97,9 @@ class ModelConfig(Section):
     spectral_norm: StrictBool = False  # on D's layers
     # Class-conditional G (class embedding + conditional BatchNorm) and projection D; needs labelled data.
     conditional: StrictBool = False
-    # K, for conditional models; null: the trainer takes it from the data's manifest (like image_shape)
-    num_classes: StrictInt | None = Field(None, ge=2, le=256)
+    # K, for conditional models; null: the trainer takes it from the data's manifest (like image_shape).
+    # At most 65,536: distgan.data.shards.MAX_CLASSES (uint16 labels).
+    num_classes: StrictInt | None = Field(None, ge=2, le=65536)
     sync_batchnorm: StrictBool = True  # BatchNorm -> SyncBatchNorm when world size > 1 on GPUs
     # (C, H, W) of the images; null: the trainer takes it from the data's manifest and saves it with the run,
     # so a checkpoint alone can rebuild G. Set, it must agree with the data.
@@ -281,7 +282,7 @@ def _one_line(err: dict[str, Any]) -> str:
         known = sorted(_section_fields(loc))
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean '{_dotted((*loc[:-1], close[0]))}'?" if close else ""
-        return f"unknown config key '{key}' (known keys here: {', '.join(known)}){hint}"
+        return f"unknown config key {key!r} (known keys here: {', '.join(known)}){hint}"
     if kind == "literal_error":
         reason = f"expected one of {ctx['expected']}"
     elif kind in _BOUNDS:
@@ -293,7 +294,7 @@ def _one_line(err: dict[str, Any]) -> str:
     else:
         reason = _REASONS.get(kind, err["msg"][:1].lower() + err["msg"][1:])
     got = repr(err["input"])
-    return f"config key '{key}': {reason}, got {got if len(got) <= 60 else got[:57] + '...'}"
+    return f"config key {key!r}: {reason}, got {got if len(got) <= 60 else got[:57] + '...'}"
 
 
 def _validated(data: Any, source: str | None = None) -> Config:
@@ -319,6 +320,8 @@ def _validated(data: Any, source: str | None = None) -> Config:
 MAX_YAML_BYTES = 1 << 20  # characters of one YAML text: distgan's configs and sweeps are a few KB
 MAX_YAML_DEPTH = 64  # nesting levels, as written and with aliases expanded (a config has 3)
 MAX_YAML_ALIAS_NODES = 10_000  # values that expanding the aliases may add to a document
+_ALIAS_CHARS = 100  # ...where a scalar counts one more value per this many characters (aliases of a long text)
+_MAX_INT_DIGITS = 4000  # YAML integers past this are refused: Python will not print (repr) them (4300 digits)
 _SIZE_CAP = 10**9  # expanded sizes are counted up to this (no huge integers for a deep chain of aliases)
 
 
@@ -341,6 +344,16 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """SafeLoader's integers, refusing one too large to print (0x + 4000 digits; a pydantic error shows it)."""
+        value = super().construct_yaml_int(node)
+        if abs(value).bit_length() > _MAX_INT_DIGITS * 3.32:
+            raise _YamlLimit(f"has an integer of over {_MAX_INT_DIGITS} digits")
+        return value
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
     """The nodes directly inside `node` (a mapping's keys and values)."""
@@ -361,24 +374,28 @@ def _check_aliases(root: yaml.Node) -> None:
     depth: dict[int, int] = {}
     on_path: set[int] = set()  # the nodes being walked: one met again is inside itself
     stack: list[tuple[yaml.Node, list[yaml.Node] | None]] = [(root, None)]  # kids: set once the node is open
+    spelled = 0  # the distinct nodes' own counts: what the text spells out
     while stack:
         node, kids = stack.pop()
         key = id(node)
         if kids is not None:  # all its kids are done
             on_path.discard(key)
+            spelled += 1
             size[key] = min(_SIZE_CAP, 1 + sum([size[id(k)] for k in kids]))
             depth[key] = 1 + max([depth[id(k)] for k in kids], default=0)
         elif key in on_path:
             raise _YamlLimit("uses an alias (*name) inside its own anchor (&name), a value without end")
         elif key not in size:
             kids = _children(node)
-            if not kids:  # a scalar (or an empty collection): nothing to open
-                size[key], depth[key] = 1, 1
+            if not kids:  # a scalar (or an empty collection): nothing to open; a long scalar counts more
+                size[key] = 1 + len(node.value) // _ALIAS_CHARS if isinstance(node, yaml.ScalarNode) else 1
+                depth[key] = 1
+                spelled += size[key]
                 continue
             on_path.add(key)
             stack.append((node, kids))
             stack.extend((kid, None) for kid in kids if id(kid) not in size)
-    if size[id(root)] - len(size) > MAX_YAML_ALIAS_NODES:
+    if size[id(root)] - spelled > MAX_YAML_ALIAS_NODES:
         raise _YamlLimit(f"has aliases (*name) that expand to over {MAX_YAML_ALIAS_NODES} more values than "
                          f"it spells out")
     if depth[id(root)] > MAX_YAML_DEPTH:
@@ -402,6 +419,10 @@ def load_yaml_text(text: str, source: str) -> Any:
         return loader.construct_document(node)
     except _YamlLimit as e:
         raise UserError(f"{source}: the YAML {e}; write the values out plainly") from None
+    # a constructor's: a date 2001-13-45, `!!int abc`, an integer of 5000 digits (ValueError); `!!bool maybe`,
+    # `!!int ""` (LookupError); `!!timestamp x` (AttributeError)
+    except (ValueError, LookupError, AttributeError, TypeError, ArithmeticError) as e:
+        raise yaml.constructor.ConstructorError(problem=(str(e).splitlines() or [""])[0]) from None
     finally:
         loader.dispose()
 
@@ -423,10 +444,10 @@ def read_yaml_file(path: Path, what: str) -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse `a.b.c=value` (value in YAML syntax) into (["a","b","c"], value)."""
     if "=" not in text:
-        raise UserError(f"override '{text}' is not of the form key.sub=value")
+        raise UserError(f"override {text!r} is not of the form key.sub=value")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise UserError(f"override '{text}' has an empty key")
+        raise UserError(f"override {text!r} has an empty key")
     try:
         value = load_yaml_text(raw, f"override {key}=...") if raw != "" else ""
     except yaml.YAMLError:  # not YAML: the text itself (`name=a: b`), as the config's checks then see it
@@ -466,7 +487,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         node = data
         for k in keys[:-1]:
             if not isinstance(node.get(k, {}), dict):
-                raise UserError(f"override '{text}': '{k}' is not a section")
+                raise UserError(f"override {text!r}: {k!r} is not a section")
             node = node.setdefault(k, {})
         node[keys[-1]] = value
     return _validated(data)
