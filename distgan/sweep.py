@@ -137,14 +137,14 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"sweep file {path} is not valid YAML") from None
     if not isinstance(data, dict):
         raise UserError(f"sweep file {path}: the top level must be a mapping (name, base, overrides, grid or trials)")
-    unknown = sorted(set(data) - {"name", "base", "overrides", "grid", "trials"})
+    unknown = sorted(set(data) - {"name", "base", "overrides", "grid", "trials"}, key=str)  # keys: any YAML type
     if unknown:
         raise UserError(f"sweep file {path}: unknown key {unknown[0]!r} (known: name, base, overrides, grid, trials)")
     name = data.get("name", re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-") or "sweep")
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 100:
         raise UserError(f"sweep file {path}: name {name!r} must be letters, digits, '.', '_' or '-'")
     base = data.get("base")
-    if not isinstance(base, str) or not base:
+    if not isinstance(base, str) or not base or "\n" in base:
         raise UserError(f"sweep file {path}: `base` must name the training config, e.g. base: configs/debug.yaml")
     if not Path(base).is_file():
         raise UserError(f"sweep file {path}: base config {base} not found (paths are relative to the repo root, "
@@ -177,9 +177,12 @@ def load_sweep(path: str | Path) -> Sweep:
         for i, trial in enumerate(trials):
             for key in trial:
                 _check_key(key, f"sweep file {path}, trial {i}")
+    checked: set[int] = set()  # each value object once: a grid value recurs in many trials, an alias too
     for trial in trials:
         for value in trial.values():
-            render(value)
+            if id(value) not in checked:
+                render(value)
+                checked.add(id(value))
     return Sweep(path=path, name=name, base=Path(base), fixed=list(fixed), trials=trials)
 
 

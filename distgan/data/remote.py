@@ -362,7 +362,7 @@ def open_dataset(location: str | os.PathLike[str], cache_dir: str | os.PathLike[
     data = fetch_bytes(url, limit=MAX_MANIFEST_BYTES, policy=policy)
     try:
         manifest = json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested 1,000s deep
         raise UserError(f"{url}: not JSON ({e}); {base} must serve the output of `distgan prepare`") from None
     validate_manifest(_UrlName(url, base), manifest)  # type: ignore[arg-type]
     sha = hashlib.sha256(data).hexdigest()

@@ -473,7 +473,7 @@ def load_manifest_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
         raise UserError(f"{path}: missing; run `distgan prepare --out {path.parent}` first") from e
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested 1,000s deep
         raise UserError(f"{path}: unreadable ({e}); rerun `distgan prepare --out {path.parent}`") from e
 
 

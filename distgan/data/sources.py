@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -160,9 +161,14 @@ def _check_npz_member(zf: zipfile.ZipFile, member: str, where: str, archive_byte
                         f"file cannot hold; it is truncated or corrupt, write it again with numpy.savez")
     try:
         shape, dtype, header = _npy_header(zf, member)
-    except ValueError as e:  # read_magic / read_array_header_*: not a .npy array, or a bad header
+    # read_magic / read_array_header_*: not a .npy array, or a bad header (ValueError); a header literal such as
+    # {[]: 1} (TypeError, from ast.literal_eval), nested thousands deep (RecursionError), or one that numpy's
+    # Python 2 header filter cannot tokenize ("{" alone: TokenError; lines indented badly: IndentationError)
+    except (ValueError, TypeError, RecursionError, SyntaxError, tokenize.TokenError) as e:
         raise UserError(f"{where} has no valid .npy header ({(str(e).splitlines() or [''])[0]}); write the file "
                         f"with numpy.savez") from None
+    if any(isinstance(d, bool) or d < 0 for d in shape):  # numpy's header check lets (True, 1) and (-1, -1) by
+        raise UserError(f"{where} has no valid .npy header (shape {shape}); write the file with numpy.savez")
     if dtype.hasobject:
         raise UserError(f"{where} holds Python objects ({dtype}); save plain arrays (uint8 images, integer labels, "
                         f"str class names)")
@@ -238,13 +244,13 @@ def _read_npz(path: Path, test_fraction: float) -> tuple[dict[str, tuple[np.ndar
                  "test": (x[test], y[test] if y is not None else None)}
     else:
         raise UserError(f"--npz {path}: no 'images' (or 'train_images') array; it has "
-                        f"{', '.join(names) or 'nothing'}")
+                        f"{', '.join(map(repr, names)) or 'nothing'}")  # repr: a member may be named "\n"
     classes: tuple[str, ...] | None = None
     if parts["train"][1] is not None:
         labels = [y for _, y in parts.values() if y is not None]
         if "class_names" in arrays:
             names = arrays["class_names"]
-            check_num_classes(len(names), f"--npz {path}", "names in 'class_names'")
+            check_num_classes(names.size, f"--npz {path}", "names in 'class_names'")  # size: a 0-d array has no len
             if names.ndim != 1 or names.dtype.kind != "U" or not 1 <= len(names) <= MAX_CLASSES:
                 raise UserError(f"{path}: 'class_names' must be 1..{MAX_CLASSES} strings")
             classes = tuple(str(n) for n in names)

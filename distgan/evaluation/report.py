@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,15 @@ def _read_npz(path: Path, with_labels: bool) -> tuple[np.ndarray, np.ndarray | N
         check_npz_arrays(path, ("images", "labels"), "samples file ")  # before np.load allocates what headers say
         with np.load(path, allow_pickle=False) as npz:
             if "images" not in npz.files:
-                raise UserError(f"{path} has no array 'images' (it has: {', '.join(npz.files) or 'nothing'}); "
-                                f"{FORMAT_HINT}")
+                raise UserError(f"{path} has no array 'images' (it has: "
+                                f"{', '.join(map(repr, npz.files)) or 'nothing'}); {FORMAT_HINT}")
             images = npz["images"]
             labels = npz["labels"] if with_labels and "labels" in npz.files else None
     except UserError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    # zlib.error: a damaged deflate stream; NotImplementedError: a compression method zipfile lacks; RuntimeError:
+    # an encrypted member (as distgan.data.sources._read_npz)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise UserError(f"cannot read {path} as .npz ({type(e).__name__}); {FORMAT_HINT}") from None
     return images, labels
 
