@@ -18,9 +18,11 @@ config saying `g_hidden: [3000000000]` must not reach `torch.empty`).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -466,6 +468,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
     `name` defaults to the file's stem (e.g. `mnist_dcgan`), for `run.dir=auto`.
     """
+    return apply_overrides(read_config_file(path), overrides)
+
+
+def read_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The data of a YAML config file, unchecked ({} when `path` is None); one-line UserError if unreadable.
+    Read once and pass to `apply_overrides` to check many override lists against one file."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -482,6 +490,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not isinstance(data, dict):
             raise UserError(f"config file {path}: the top level must be a mapping of keys")
         data.setdefault("name", _config_name(path))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """The checked Config of `data` (from read_config_file, left unchanged) with `overrides` applied."""
+    data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
         node = data

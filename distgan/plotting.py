@@ -12,13 +12,16 @@ from __future__ import annotations
 import errno
 import io
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from distgan.atomic import write_bytes_atomic
 from distgan.errors import UserError
-from distgan.training.metrics_file import FILE_NAME, read_metrics
+from distgan.training.metrics_file import FILE_NAME, iter_metrics
 
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("losses", ("loss/d", "loss/g")),
@@ -32,10 +35,33 @@ STYLES = ("-", "--", ":", "-.")
 
 @dataclass
 class RunCurves:
-    """One run's curves: label, and key -> (steps, values) sorted by step (the last value of a step wins)."""
+    """One run's curves: label, and key -> (steps int64, values float64) sorted by step (the last value of
+    a step wins)."""
 
     label: str
-    curves: dict[str, tuple[list[int], list[float]]]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _finite(value: object) -> float | None:
+    """A logged number as a finite float; None for anything else (a string, a bool, null, NaN, 1e999)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _sorted_curve(steps: array, values: array) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) as arrays over the same memory, sorted by step with one value per step (the last)."""
+    s, v = np.frombuffer(steps, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
+    if len(s) < 2 or bool(np.all(s[1:] > s[:-1])):  # the usual case: in order, each step once
+        return s, v
+    order = np.argsort(s, kind="stable")  # equal steps keep their file order: the last one is kept
+    s, v = s[order], v[order]
+    last = np.append(s[1:] != s[:-1], True)
+    return s[last], v[last]
 
 
 def load_curves(run_dir: str | Path, label: str | None = None) -> RunCurves:
@@ -47,18 +73,21 @@ def load_curves(run_dir: str | Path, label: str | None = None) -> RunCurves:
     if not path.is_file():
         raise UserError(f"{run_dir} has no {FILE_NAME}: not a distgan run directory, or a run from before "
                         f"metrics.jsonl was written (plot its W&B run instead)")
+    points: dict[str, tuple[array, array]] = {}  # key -> (steps, values): 16 bytes a point
     try:
-        rows = read_metrics(path)
+        for row in iter_metrics(path):  # a line at a time: memory follows the points, not the file
+            step = row["step"]
+            if not -2**63 <= step < 2**63:
+                continue
+            for key, value in row.items():
+                number = _finite(value) if key not in ("step", "time") else None
+                if number is not None:
+                    steps, values = points.setdefault(key, (array("q"), array("d")))
+                    steps.append(step)
+                    values.append(number)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    points: dict[str, dict[int, float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if math.isfinite(value):
-                points.setdefault(key, {})[row["step"]] = float(value)
-    curves = {key: (sorted(by_step), [by_step[s] for s in sorted(by_step)]) for key, by_step in points.items()}
+    curves = {key: _sorted_curve(*points.pop(key)) for key in list(points)}
     return RunCurves(label or run_dir.resolve().name, curves)
 
 

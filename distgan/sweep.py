@@ -22,6 +22,7 @@ requeued (or resubmitted) array task resumes its own run. `distgan sweep overrid
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -35,7 +36,7 @@ from typing import Any
 import yaml
 
 from distgan.atomic import write_text_atomic
-from distgan.config import load_config, load_yaml_text, read_yaml_file
+from distgan.config import apply_overrides, load_config, load_yaml_text, read_config_file, read_yaml_file
 from distgan.errors import UserError
 
 MAX_TRIALS = 100_000
@@ -80,6 +81,32 @@ class Sweep:
             raise UserError(f"{self.path}, trial {index}: {e}") from None
         return args
 
+    def check_trials(self, root: str | Path) -> list[str]:
+        """Check every trial against the base config: a one-line UserError naming the invalid trials (each one's
+        first error); else one warning line per trial that trains the same config as an earlier one."""
+        base = read_config_file(self.base)
+        errors: list[str] = []
+        first: dict[bytes, int] = {}  # digest of a trial's resolved config (run.dir aside) -> its first trial
+        warnings: list[str] = []
+        for i in range(len(self.trials)):
+            try:
+                cfg = apply_overrides(base, [*self.trial_overrides(i), f"run.dir={self.trial_dir(i, root)}"])
+            except UserError as e:
+                errors.append(f"trial {i}: {e}")
+                continue
+            data = cfg.to_dict()
+            data["run"].pop("dir", None)
+            digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).digest()
+            if digest in first:
+                warnings.append(f"trial {i} trains the same config as trial {first[digest]} "
+                                f"({' '.join(self.trial_overrides(i)) or 'the base config'}): the run is repeated")
+            first.setdefault(digest, i)
+        if errors:
+            more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+            raise UserError(f"sweep file {self.path}: {len(errors)} of {len(self.trials)} trials are invalid: "
+                            f"{'; '.join(errors[:3])}{more}")
+        return warnings
+
     def manifest(self, root: str | Path) -> dict[str, Any]:
         """What `sweep.json` holds: the sweep and, per trial, its index, values, overrides and run directory."""
         return {"format": "distgan-sweep/1", "name": self.name, "sweep_file": str(self.path),
@@ -88,8 +115,22 @@ class Sweep:
                             "run_dir": self.trial_dir(i, root).name} for i, t in enumerate(self.trials)]}
 
 
+_RENDERED: dict[tuple[type, str], str] = {}  # (type, repr) -> render(value): a grid repeats its values
+_RENDERED_MAX = 10_000
+
+
 def render(value: Any) -> str:
     """A value as the YAML text of a `key=value` override that reads back as the same value."""
+    key = (type(value), repr(value))  # repr tells 1 from 1.0 and "1", and [True] from [1]
+    text = _RENDERED.get(key)
+    if text is None:
+        text = _render(value)
+        if len(_RENDERED) < _RENDERED_MAX:
+            _RENDERED[key] = text
+    return text
+
+
+def _render(value: Any) -> str:
     text = _dump(value)
     if isinstance(value, str) and value:
         try:

@@ -124,3 +124,35 @@ def test_one_digit_generator_covers_one_class(classifier, mnist_shards, test_ima
     assert s["classes"] == 1
     assert s["is"] < 1.2
     assert s["class_kl"] == pytest.approx(np.log(1 / np.mean(labels == 3)), rel=0.05)
+
+
+def test_evaluation_stops_at_the_next_batch_or_scoring_part(classifier, mnist_shards, test_images, monkeypatch):
+    """A stop agreed between batches ends generation there; one seen while the main process scores ends the
+    maths at its next part (KID subset, precision/recall chunk): EvaluationAbandoned, and no scores."""
+    from distgan.evaluation.evaluate import EvaluationAbandoned
+
+    monkeypatch.setattr(M, "KID_SUBSETS", 5)
+
+    images, labels = test_images
+    gen, common = OneDigit(images[labels == 3]), dict(n=2000, seed=0, classifier_path=classifier, test_split=None,
+                                                      batch_size=100)
+    calls: list[int] = []
+
+    def agreed() -> bool:  # says stop at its 4th call, before the 4th of 20 batches
+        calls.append(1)
+        return len(calls) == 4
+
+    with pytest.raises(EvaluationAbandoned):
+        evaluate_generator(None, gen, should_stop=agreed, **common)
+    assert len(calls) == 4
+    seen: list[int] = []
+
+    def seen_once_scoring() -> bool:  # the main process's own flag, set after a few parts of the maths
+        seen.append(1)
+        return len(seen) > 3
+
+    with pytest.raises(EvaluationAbandoned):
+        evaluate_generator(None, gen, should_stop=lambda: False, stop_seen=seen_once_scoring, **common)
+    assert len(seen) == 4
+    scores = evaluate_generator(None, gen, should_stop=lambda: False, stop_seen=lambda: False, **common)
+    assert scores["n"] == 2000 and scores["classes"] == 1

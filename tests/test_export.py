@@ -192,6 +192,50 @@ def test_push_to_hub_offline_is_one_line_and_keeps_the_folder(env_extra, message
     assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
 
 
+def test_reexport_keeps_the_users_files_and_refuses_non_finite_weights(runs, tmp_path):
+    """Re-exporting into an earlier export that also holds the user's files is refused in one line (the whole
+    folder would be replaced), files kept; an all-NaN generator is refused before anything is written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from distgan.errors import UserError
+    from distgan.training.export import export_checkpoint
+
+    folder = tmp_path / "model"
+    export_checkpoint(runs["mlp"], folder)
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "eval").mkdir()
+    with pytest.raises(UserError) as exc:
+        export_checkpoint(runs["mlp"], folder)
+    msg = str(exc.value)
+    assert "\n" not in msg and "holds files an export does not write (eval, notes.txt)" in msg, msg
+    assert "choose another folder" in msg and (folder / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "config.json", "eval", "model.safetensors", "notes.txt", "samples.png", "training_config.yaml"]
+    (folder / "notes.txt").unlink()
+    (folder / "eval").rmdir()
+    export_checkpoint(runs["mlp"], folder)  # an export's own files alone: replaced
+
+    nan = tmp_path / "nan"  # an export whose weights are all NaN (config.json agrees with them)
+    shutil.copytree(folder, nan)
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in load_file(str(nan / "model.safetensors")).items()}
+    save_file(weights, str(nan / "model.safetensors"))
+    meta = json.loads((nan / "config.json").read_text())
+    meta["weights_sha256"] = file_sha256(nan / "model.safetensors")
+    (nan / "config.json").write_text(json.dumps(meta))
+    for out in (tmp_path / "new", folder):  # a new folder is not made; an earlier export is left as it was
+        before = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else None
+        with pytest.raises(UserError) as exc:
+            export_checkpoint(nan, out)
+        msg = str(exc.value)
+        assert "\n" not in msg and f"the generator of {nan} has non-finite weights" in msg, msg
+        assert "export an earlier checkpoint" in msg
+        assert ({p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else None) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
 KILLED_EXPORT = """
 import sys, time
 from pathlib import Path

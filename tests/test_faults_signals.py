@@ -112,6 +112,31 @@ def test_second_ctrl_c_aborts_at_once(mnist_shards, tmp_path):
     assert took < 30
 
 
+def _metrics_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_sigterm_during_evaluation_abandons_it_saves_and_stops(mnist_shards, eval_classifier, tmp_path):
+    """SIGTERM while an in-training evaluation of 30,000 samples runs (it would take half a minute or more):
+    the evaluation is abandoned (one line, no scores), a checkpoint is saved at that step and the run exits 0
+    within seconds, inside SLURM's 30 s before SIGKILL."""
+    proc, run_dir, _ = _start_training(tmp_path, mnist_shards, "eval.every=5", "eval.n=30000",
+                                       f"eval.classifier={eval_classifier}")
+    # log.every=5 (configs/debug.yaml): the step-5 row is written just before the step-5 evaluation starts
+    _wait_until("the step-5 row", lambda: any(r["step"] == 5 for r in _metrics_rows(run_dir)), proc, tmp_path, 180)
+    proc.send_signal(signal.SIGTERM)
+    took = _finish(proc, 60)
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert proc.returncode == 0, stderr[-4000:]
+    assert "evaluation at step 5 abandoned: SIGTERM" in stderr and "Traceback" not in stderr
+    assert "preempted by SIGTERM; checkpoint saved at step 5" in stdout
+    assert (run_dir / "checkpoints" / "step_0000005" / "COMPLETE").exists()
+    assert not (run_dir / "checkpoints" / "best").exists()
+    assert not [r for r in _metrics_rows(run_dir) if any(k.startswith("eval/") for k in r)]
+    assert took < 15, f"took {took:.1f} s after SIGTERM"
 # -- train.sbatch: numbers from the environment ---------------------------------------------------------------
 FAKE_SRUN = """#!/usr/bin/env bash
 echo called >> "$FAKE_DIR/srun_called"

@@ -4,6 +4,7 @@ shard once, stall or fail; and a real 2-process `accelerate launch` run sharing 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -51,6 +52,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return
         if isinstance(fault, int):
             self.send_error(fault)
+            return
+        if fault == "endless":  # 200 and zeros until the client hangs up
+            self.send_response(200)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                while not srv.release.is_set():
+                    self.wfile.write(bytes(1 << 16))
             return
         if fault == "corrupt_once" and n == 1:
             data = bytearray((Path(self.directory) / path.lstrip("/")).read_bytes())
@@ -303,6 +311,42 @@ def test_http_errors(serve, shards7, tmp_path, fast_retries):
 
 
 # -- what is served, and where it goes ------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_declared_sizes_bound_what_a_server_can_put_in_the_cache(serve, shards7, tmp_path, fast_retries):
+    """A cache on a real 4 MiB tmpfs: shards declaring more than it has free are refused before any download
+    (one line: the cache dir, the bytes needed and free); a shard declaring more than a prepare shard of its
+    images can have is refused; an endless server is cut off at the declared size."""
+    from test_faults_checkpoint import tmpfs
+
+    total = sum(s["bytes"] for e in json.loads((shards7 / "manifest.json").read_text())["splits"].values()
+                for s in e["shards"])
+    server = serve(shards7)
+    with tmpfs(tmp_path / "small", "4m") as small:
+        with pytest.raises(UserError) as exc:
+            open_dataset(server.url, small / "cache")
+        msg = one_line(exc)
+        assert msg.startswith(f"cache dir {small / 'cache'}: the shards of {server.url} still to download need "
+                              f"{total:,} bytes but its file system has ") and " free; " in msg
+        assert server.shard_requests() == {} and not list((small / "cache").rglob("*.tar"))
+    tampered = tmp_path / "tampered"
+    (tampered / "test").mkdir(parents=True)
+    manifest = json.loads((shards7 / "manifest.json").read_text())
+    manifest["splits"]["test"]["shards"][0]["bytes"] = 1 << 40  # 1 TiB for 1500 images
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    evil = serve(tampered, {"/test/test-000000.tar": "endless"})
+    with pytest.raises(UserError) as exc:
+        open_dataset(evil.url, tmp_path / "c1")
+    assert one_line(exc).startswith(f"{evil.url}manifest.json: field 'splits.test.shards[0].bytes' declares "
+                                    f"1,099,511,627,776 bytes for 1,500 images, more than the ")
+    entry = dict(json.loads((shards7 / "manifest.json").read_text())["splits"]["test"]["shards"][0])
+    start = time.monotonic()
+    with pytest.raises(UserError) as exc:  # the honest size, an endless body: each try stops at that size
+        ensure_shard(tmp_path / "c2", "test", entry, evil.url)
+    msg = one_line(exc)
+    assert f"sent more than the {entry['bytes']} bytes expected" in msg and time.monotonic() - start < 20
+    assert list((tmp_path / "c2" / "test").iterdir()) == []  # no shard, no temporary file
+
 
 @pytest.mark.timeout(120)
 def test_bad_manifest_and_cache_dir_conflicts(serve, shards7, tmp_path, fast_retries):

@@ -90,6 +90,28 @@ def test_bad_sweeps_are_one_line(tmp_path, data, index, message):
     assert len(lines) == 1 and lines[0].startswith("distgan sweep: error: ") and message in lines[0], proc.stderr
 
 
+def test_list_refuses_invalid_trials_and_warns_about_repeated_ones(tmp_path):
+    """`sweep list` prints the sbatch line only when every trial's overrides suit the base config: else one line
+    naming each bad trial's index and key; trials that train the same config get a warning line each."""
+    bad = write_sweep(tmp_path / "bad.yaml", {"base": "configs/debug.yaml", "trials": [
+        {"train.lr_g": 0.0001}, {"train.lr_gg": 0.1}, {}, {"train.lr_g": 5.0, "train.lr_gg": 1}]})
+    proc = run_cli(["sweep", "list", str(bad), "--root", str(tmp_path)], timeout=60, check=False)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"distgan sweep: error: sweep file {bad}: 2 of 4 trials are "
+                                                   f"invalid: trial 1: unknown config key 'train.lr_gg'"), lines
+    assert "; trial 3: " in lines[0] and "trial 0" not in lines[0] and "trial 2" not in lines[0]
+    repeated = write_sweep(tmp_path / "rep.yaml", {"base": "configs/debug.yaml", "trials": [
+        {"train.lr_g": 0.0001}, {"loss.kind": "hinge"}, {"train.lr_g": "1e-4"}, {}, {"loss.kind": "bce"}]})
+    proc = run_cli(["sweep", "list", str(repeated), "--root", str(tmp_path)], timeout=60)
+    assert proc.stdout.splitlines()[0].endswith(f"sbatch --array=0-4 launch/slurm/sweep.sbatch {repeated}")
+    warnings = proc.stderr.strip().splitlines()
+    assert warnings == [  # debug.yaml has lr_g 0.0002 by default and loss.kind bce
+        "distgan sweep list: warning: trial 2 trains the same config as trial 0 (train.lr_g=1e-4): the run is "
+        "repeated",
+        "distgan sweep list: warning: trial 4 trains the same config as trial 3 (loss.kind=bce): the run is repeated"]
+
+
 @pytest.mark.slow  # a child process capped at 2 GB of address space: without the bound the bomb fails there
 @pytest.mark.parametrize("levels", [9, 10])
 def test_sweep_file_alias_bomb_is_refused_at_once(tmp_path, levels):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ROOT_HELP = "run root (default: $DISTGAN_RUN_ROOT, else runs); trials go to ROOT/<sweep name>/<index>-<values>"
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     spec = sw.load_sweep(args.sweep)
     root = args.root or sw.default_root()
     if args.sweep_command == "list":
+        for warning in spec.check_trials(root):  # an invalid trial: one line, and no sbatch line
+            print(f"distgan sweep list: warning: {warning}", file=sys.stderr)
         print(f"sweep {spec.name}: {len(spec.trials)} trial(s) of {spec.base}; "
               f"submit with: sbatch --array=0-{len(spec.trials) - 1} launch/slurm/sweep.sbatch {spec.path}")
         for i in range(len(spec.trials)):

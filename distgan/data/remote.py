@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -44,7 +45,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from distgan.atomic import atomic_path, write_bytes_atomic, write_json_atomic
-from distgan.data.shards import MANIFEST, SPLITS, read_manifest, validate_manifest
+from distgan.data.shards import (
+    MANIFEST,
+    MAX_KEY_BYTES,
+    SPLITS,
+    Layout,
+    manifest_layout,
+    read_manifest,
+    validate_manifest,
+)
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 from distgan.locks import wait_for_lock
@@ -54,6 +63,8 @@ REMOTE_FORMAT = "distgan-remote-cache"
 REMOTE_VERSION = 1
 LOCKS = ".locks"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a few thousand shards is well under 1 MiB
+_TAR_MEMBER_OVERHEAD = 2048  # a tar member's header (512 bytes) and padding (< 512), with room to spare
+_TAR_END = 64 << 10  # the end-of-archive blocks and the record padding (10 KiB), with room to spare
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):")
 # Schemes read through fsspec (with the package that implements each), even where gopen has a handler.
 _FSSPEC: dict[str, str] = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
@@ -365,13 +376,65 @@ def open_dataset(location: str | os.PathLike[str], cache_dir: str | os.PathLike[
     except (ValueError, RecursionError) as e:  # RecursionError: JSON nested 1,000s deep
         raise UserError(f"{url}: not JSON ({e}); {base} must serve the output of `distgan prepare`") from None
     validate_manifest(_UrlName(url, base), manifest)  # type: ignore[arg-type]
+    _check_shard_sizes(url, base, manifest)
     sha = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(sha)
     _adopt(cache, base, data, sha, manifest)
+    _check_free_space(cache, base, manifest)
     _OPENED[key] = cache
     _URL_OF[str(cache)] = base
     _SOURCES.pop(str(cache), None)
     return cache
+
+
+def max_shard_bytes(layout: Layout, count: int) -> int:
+    """The most bytes a `distgan prepare` shard of `count` images of `layout` can have (its packs' members
+    at their caps, tar headers counted generously): a manifest that declares more was not written by it."""
+    packs = -(-count // layout.pack_size)
+    per_image = layout.image_bytes + layout.label_bytes + MAX_KEY_BYTES + 1
+    return count * per_image + packs * len(layout.members) * _TAR_MEMBER_OVERHEAD + _TAR_END
+
+
+def _check_shard_sizes(url: str, base: str, manifest: Mapping[str, Any]) -> None:
+    """UserError (one line) for a shard declaring more bytes than prepare could write for its images: a
+    download is stopped at its declared size, so this caps what one shard can put on disk."""
+    layout = manifest_layout(manifest)
+    for split, entry in manifest["splits"].items():
+        for i, shard in enumerate(entry["shards"]):
+            cap = max_shard_bytes(layout, shard["count"])
+            if shard["bytes"] > cap:
+                raise UserError(f"{url}: field 'splits.{split}.shards[{i}].bytes' declares {shard['bytes']:,} bytes "
+                                f"for {shard['count']:,} images, more than the {cap:,} a `distgan prepare` shard of "
+                                f"them can have; {base} must serve the output of `distgan prepare`")
+
+
+def _missing_bytes(cache: Path, manifest: Mapping[str, Any]) -> int:
+    """Declared bytes of the shards not in `cache` yet (a file of the declared size counts as there)."""
+    total = 0
+    for split, entry in manifest["splits"].items():
+        for shard in entry["shards"]:
+            try:
+                there = (cache / split / shard["name"]).stat().st_size == shard["bytes"]
+            except OSError:
+                there = False
+            total += 0 if there else shard["bytes"]
+    return total
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Free bytes for this user on the file system of `directory`, or None if it cannot be told."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _check_free_space(cache: Path, base: str, manifest: Mapping[str, Any]) -> None:
+    """UserError (one line) before any download when the shards still to fetch do not fit in `cache`."""
+    need, free = _missing_bytes(cache, manifest), _free_bytes(cache)
+    if free is not None and need > free:
+        raise UserError(f"cache dir {cache}: the shards of {base} still to download need {need:,} bytes but its "
+                        f"file system has {free:,} free; free space there or point data.cache_dir at a larger disk")
 
 
 def _adopt(cache: Path, base: str, data: bytes, sha: str, manifest: Mapping[str, Any]) -> None:
@@ -521,6 +584,10 @@ def ensure_shard(cache_dir: str | os.PathLike[str], split: str, shard_entry: Map
         note = _failure_note(failed)
         if note is not None and note[0] >= waited_since:  # it gave up while we waited: so do we, at once
             raise UserError(note[1])
+        free = _free_bytes(path.parent)
+        if free is not None and size > free:
+            raise UserError(f"cache dir {cache}: shard {split}/{name} needs {size:,} bytes but its file system has "
+                            f"{free:,} free; free space there or point data.cache_dir at a larger disk")
         if path.exists():
             print(f"distgan: {path}: the cached copy does not match the manifest's size and sha256; fetching it "
                   f"again from {url}", file=sys.stderr, flush=True)

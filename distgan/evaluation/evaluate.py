@@ -37,6 +37,12 @@ from distgan.evaluation.metrics import FeatureSet, compute_metrics
 from distgan.pixels import to_uint8
 from distgan.training.sampling import class_freqs_of, eval_labels, fixed_noise, num_classes_of
 
+StopCheck = Callable[[], bool]
+
+
+class EvaluationAbandoned(Exception):
+    """A stop was agreed while evaluating: raised on every rank together, and no scores are returned."""
+
 
 @dataclass
 class Classifier:
@@ -188,14 +194,24 @@ def _device_of(module: torch.nn.Module, default: torch.device) -> torch.device:
     return p.device if p is not None else default
 
 
+def _agreed_stop(should_stop: StopCheck | None) -> None:
+    """Collective when `should_stop` is: EvaluationAbandoned on every rank once it says stop."""
+    if should_stop is not None and should_stop():
+        raise EvaluationAbandoned("a stop was requested")
+
+
 def _distributed_features(accelerator: Any | None, n: int, clf: Classifier, batch_size: int,
-                          make_images: Callable[[int, int], torch.Tensor]) -> FeatureSet | None:
+                          make_images: Callable[[int, int], torch.Tensor],
+                          should_stop: StopCheck | None = None) -> FeatureSet | None:
     """Featurize samples [0, n) split over ranks; the main process gets all n (in order), others None.
 
     make_images(lo, hi) returns uint8 images (hi - lo, H, W) or (hi - lo, C, H, W) of the classifier's
     input shape for samples lo..hi-1. Rank r takes the
     contiguous block [r * per, (r + 1) * per) with per = ceil(n / world); blocks are zero-padded to
     `per` rows for the gather, and the padding (all past index n) is dropped afterwards.
+    Every rank runs the same number of batch slots (a rank with a shorter block idles in its last ones),
+    so that the collective `should_stop` is called at the same slots everywhere: before each one and
+    after the last; when it says stop, every rank raises EvaluationAbandoned.
     """
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
@@ -206,10 +222,13 @@ def _distributed_features(accelerator: Any | None, n: int, clf: Classifier, batc
     rows = []
     try:
         with torch.no_grad():
-            for start in range(lo, hi, batch_size):
-                images = make_images(start, min(start + batch_size, hi))
-                feats, logits = model.embed(to_input(images).to(device))
-                rows.append(torch.cat([feats, logits], dim=1).float())
+            for start in range(rank * per, (rank + 1) * per, batch_size):  # the same count on every rank
+                _agreed_stop(should_stop)
+                if start < hi:
+                    images = make_images(start, min(start + batch_size, hi))
+                    feats, logits = model.embed(to_input(images).to(device))
+                    rows.append(torch.cat([feats, logits], dim=1).float())
+            _agreed_stop(should_stop)
     finally:
         clf.model.to("cpu")
     width = model.num_features + model.num_classes
@@ -224,10 +243,20 @@ def _distributed_features(accelerator: Any | None, n: int, clf: Classifier, batc
                       gathered[:, model.num_features:].contiguous())
 
 
+def _local_check(stop_seen: StopCheck | None) -> Callable[[], None]:
+    """compute_metrics' check on the main process: EvaluationAbandoned once `stop_seen()` (no collective)."""
+    def check() -> None:
+        if stop_seen is not None and stop_seen():
+            raise EvaluationAbandoned("a stop was requested")
+    return check
+
+
 def _score_on_main(accelerator: Any | None, fake: FeatureSet | None, clf: Classifier,
-                   test_split: str | Path | None, seed: int, labels: torch.Tensor | None = None) -> dict[str, float]:
+                   test_split: str | Path | None, seed: int, labels: torch.Tensor | None = None,
+                   stop_seen: StopCheck | None = None) -> dict[str, float]:
     """Main computes the scores (with the conditional ones when the fakes' requested `labels` are given);
-    the result (or the main's UserError) reaches every rank."""
+    the result (or the main's UserError, or EvaluationAbandoned once the main's local `stop_seen()` says
+    stop between two parts of the maths) reaches every rank."""
     result: dict[str, Any] = {}
     failure: BaseException | None = None
     if accelerator is None or accelerator.is_main_process:
@@ -238,7 +267,9 @@ def _score_on_main(accelerator: Any | None, fake: FeatureSet | None, clf: Classi
             else:
                 real = labelled_real_features(clf, test_split)
                 fake = FeatureSet(fake.features, fake.logits, labels)
-            result = {"ok": compute_metrics(real, fake, seed=seed)}
+            result = {"ok": compute_metrics(real, fake, seed=seed, check=_local_check(stop_seen))}
+        except EvaluationAbandoned as e:
+            failure, result = e, {"abandoned": True}
         except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks are told
             failure = e
             user = isinstance(e, UserError)
@@ -251,6 +282,8 @@ def _score_on_main(accelerator: Any | None, fake: FeatureSet | None, clf: Classi
         result = box[0]
     if failure is not None:
         raise failure
+    if "abandoned" in result:
+        raise EvaluationAbandoned("a stop was requested")
     if "error" in result:
         raise (UserError if result["user"] else RuntimeError)(result["error"])
     return result["ok"]
@@ -277,7 +310,8 @@ def evaluate_images(accelerator: Any | None, images: torch.Tensor | np.ndarray, 
 
 def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, seed: int,
                        classifier_path: str | Path, test_split: str | Path | None,
-                       batch_size: int = 500) -> dict[str, float]:
+                       batch_size: int = 500, should_stop: StopCheck | None = None,
+                       stop_seen: StopCheck | None = None) -> dict[str, float]:
     """Collective: every rank calls it. Each rank generates its share of n samples, features are gathered,
     the main process computes the metrics and broadcasts them: the same dict is returned on EVERY rank.
 
@@ -288,6 +322,11 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
     collective runs); it is run in eval mode and its train/eval mode is restored. Keys: fid, kid, kid_std,
     is, is_std, precision, recall, classes, class_kl, n; for a conditional G also label_accuracy and
     intra_fid. Name `classifier_sha256(classifier_path)` beside them when logging.
+
+    To stop early (a preemption signal), pass `should_stop`, a collective every rank calls at the same
+    points (before each batch and after the last; e.g. an all-reduce of each rank's stop flag), and
+    `stop_seen`, the main process's own flag (no collective), checked between the parts of the scoring;
+    when either says stop, EvaluationAbandoned is raised on every rank.
     """
     if n < 2:
         raise UserError(f"evaluation needs at least 2 samples, got n={n}")
@@ -323,7 +362,7 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
     try:
         with torch.no_grad():
             make_images(0, 1)  # every rank checks the shape, even one whose share is empty
-        fake = _distributed_features(accelerator, n, clf, batch_size, make_images)
+        fake = _distributed_features(accelerator, n, clf, batch_size, make_images, should_stop)
     finally:
         g.train(was_training)
-    return _score_on_main(accelerator, fake, clf, test_split, seed, labels)
+    return _score_on_main(accelerator, fake, clf, test_split, seed, labels, stop_seen)

@@ -2,7 +2,8 @@
 
 Nothing here depends on the dataset: the number of classes K is the width of the logits.
 FID, KID and the classifier Inception Score ("MNIST score" on MNIST) are torchmetrics' implementations, fed the
-classifier's features through an identity feature module; FID's statistics are float64. Precision and
+classifier's features through an identity feature module; FID's statistics are float64 (KID runs
+torchmetrics' kernel maths subset by subset here, so that a `check` can stop it). Precision and
 recall (Kynkäänniemi et al. 2019, k=3) and class coverage are written here (torchmetrics has neither).
 Every random choice (KID subsets, IS split order, the real subset for precision/recall) is seeded, so
 the same features always give the same scores.
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
-from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.kid import poly_mmd
 
 K_NEAREST = 3
 KID_SUBSETS = 100
@@ -32,6 +33,11 @@ IS_SPLITS = 10
 # a class is "present" if at least a tenth of its uniform share (1/K) of the samples is classified as it:
 # 1% for K = 10 classes
 CLASS_PRESENT_MIN_FRACTION_OF_UNIFORM = 0.1
+Check = Callable[[], None]  # called between the costly parts; it may raise to abandon the computation
+
+
+def _no_check() -> None:
+    return None
 
 
 @dataclass
@@ -76,20 +82,25 @@ def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, subsets: int | None = None,
-        subset_size: int | None = None) -> tuple[float, float]:
+        subset_size: int | None = None, check: Check = _no_check) -> tuple[float, float]:
     """Unbiased KID (cubic polynomial kernel, float64): (mean, std) over `subsets` (default KID_SUBSETS)
-    random subsets of KID_SUBSET_SIZE samples (fewer if a set is smaller) from each set."""
+    random subsets of KID_SUBSET_SIZE samples (fewer if a set is smaller) from each set.
+
+    torchmetrics' KernelInceptionDistance.compute, subset by subset (the same draws and kernel, so the
+    same numbers), with `check()` before each subset."""
     subsets = KID_SUBSETS if subsets is None else subsets
     size = min(KID_SUBSET_SIZE if subset_size is None else subset_size, len(real), len(fake))
-    with _quiet():
-        m = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size,
-                                    sync_on_compute=False)
-        m.update(real, real=True)
-        m.update(fake, real=False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            mean, std = m.compute()
-        return float(mean), float(std)
+    real, fake = real.double(), fake.double()
+    scores = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(subsets):
+            check()
+            f_real = real[torch.randperm(len(real))[:size]]
+            f_fake = fake[torch.randperm(len(fake))[:size]]
+            scores.append(poly_mmd(f_real, f_fake))
+    stacked = torch.stack(scores)
+    return float(stacked.mean()), float(stacked.std(unbiased=False))
 
 
 def inception_score(logits: torch.Tensor, *, seed: int = 0, splits: int = IS_SPLITS) -> tuple[float, float]:
@@ -103,26 +114,28 @@ def inception_score(logits: torch.Tensor, *, seed: int = 0, splits: int = IS_SPL
         return float(mean), float(std)
 
 
-def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int, check: Check = _no_check) -> torch.Tensor:
     """Distance from each row of x to its k-th nearest other row."""
     out = []
     for i in range(0, len(x), chunk):
+        check()
         d = torch.cdist(x[i:i + chunk], x)
         out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])  # column 0 is the point itself
     return torch.cat(out)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = K_NEAREST,
-                     chunk: int = 1000) -> tuple[float, float]:
+                     chunk: int = 1000, check: Check = _no_check) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of
     balls reaching each point's k-th nearest neighbour. Precision: share of fakes inside the real
-    manifold; recall: share of reals inside the fake manifold."""
+    manifold; recall: share of reals inside the fake manifold. `check` runs before each chunk."""
     real, fake = real.float(), fake.float()
-    r_real = _kth_nn_radius(real, k, chunk)
-    r_fake = _kth_nn_radius(fake, k, chunk)
+    r_real = _kth_nn_radius(real, k, chunk, check)
+    r_fake = _kth_nn_radius(fake, k, chunk, check)
     fake_in_real = torch.zeros(len(fake), dtype=torch.bool)
     real_in_fake = torch.zeros(len(real), dtype=torch.bool)
     for i in range(0, len(fake), chunk):
+        check()
         d = torch.cdist(fake[i:i + chunk], real)  # (c, n_real)
         fake_in_real[i:i + chunk] = (d <= r_real[None, :]).any(dim=1)
         real_in_fake |= (d <= r_fake[i:i + chunk, None]).any(dim=0)
@@ -180,8 +193,9 @@ def conditional_metrics(real: FeatureSet, fake: FeatureSet) -> dict[str, float]:
     return {"label_accuracy": label_accuracy(fake.logits, fake.labels), "intra_fid": intra_fid(real, fake)}
 
 
-def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dict[str, float]:
-    """All scores of `fake` against `real`.
+def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0,
+                    check: Check = _no_check) -> dict[str, float]:
+    """All scores of `fake` against `real`; `check()` runs between the costly parts (it may raise to stop).
 
     Keys: fid, kid, kid_std, is, is_std, precision, recall, classes, class_kl, n; and, when `fake.labels`
     (the requested classes) is set, label_accuracy and intra_fid (which need `real.labels`). FID uses every
@@ -199,10 +213,12 @@ def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dic
     real_pr = real.features
     if len(real) > n:
         real_pr = real.features[torch.randperm(len(real), generator=gen)[:n]]
-    kid_mean, kid_std = kid(real.features, fake.features, seed=seed)
+    kid_mean, kid_std = kid(real.features, fake.features, seed=seed, check=check)
+    check()
     is_mean, is_std = inception_score(fake.logits, seed=seed, splits=min(IS_SPLITS, n))
-    precision, recall = precision_recall(real_pr, fake.features)
+    precision, recall = precision_recall(real_pr, fake.features, check=check)
     classes, class_kl = class_coverage(fake.logits, class_mix(real.logits))
+    check()
     out = {
         "fid": fid(real.features, fake.features),
         "kid": kid_mean,
@@ -216,5 +232,6 @@ def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0) -> dic
         "n": n,
     }
     if fake.labels is not None:
+        check()
         out.update(conditional_metrics(real, fake))
     return out

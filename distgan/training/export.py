@@ -291,6 +291,7 @@ def _write_folder(final: Path, write: Any) -> None:
             fsync_path(p)
         fsync_path(tmp)
         if final.exists():
+            check_out_dir(final)  # again: files added since the export started are not swept away with it
             os.rename(final, old)
         os.rename(tmp, final)
         fsync_path(final.parent)
@@ -303,9 +304,27 @@ def _write_folder(final: Path, write: Any) -> None:
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse to replace a folder that is not an earlier export (a typo must not delete someone's files)."""
+    """Refuse to replace a folder that is not an earlier export (a typo must not delete someone's files), or
+    an earlier export that also holds files an export does not write (the whole folder is replaced)."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_export_dir(out))):
         raise UserError(f"--out {out} exists and is not a distgan export; choose a new or empty folder")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir()
+                        if p.name not in EXPORT_FILES or p.is_symlink() or not p.is_file())
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"--out {out} is an earlier export but also holds files an export does not write "
+                            f"({shown}); a new export replaces the whole folder: choose another folder, or move "
+                            f"them out first")
+
+
+def check_finite(generator: torch.nn.Module, what: str) -> None:
+    """UserError (one line) when any floating-point weight or buffer of `generator` is NaN or infinite."""
+    for name, t in generator.state_dict().items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{what} has non-finite weights ({bad:,} of the {t.numel():,} values of {name} are "
+                            f"NaN/inf); not exporting it: export an earlier checkpoint")
 
 
 def write_export(out: str | Path, generator: torch.nn.Module, cfg: Config, *, step: int | None,
@@ -318,6 +337,7 @@ def write_export(out: str | Path, generator: torch.nn.Module, cfg: Config, *, st
     out = Path(out)
     check_out_dir(out)
     generator = copy.deepcopy(generator).cpu().eval()  # the caller's module (the trainer's EMA) stays as it is
+    check_finite(generator, f"the generator of {source}" if source else "the generator")
     shape = generator_image_shape(generator)
     config_yaml = dump_config(cfg)
     meta: dict[str, Any] = {

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from distgan.atomic import fixable_errno, write_bytes_atomic, write_error
 log = logging.getLogger(__name__)
 
 FILE_NAME = "metrics.jsonl"
+MAX_LINE_BYTES = 1 << 20  # a row is a few hundred bytes; a longer line is not one (streaming readers skip it)
 
 
 def _plain(value: Any) -> Any:
@@ -55,17 +56,46 @@ def _rows_and_lines(data: bytes, source: str | os.PathLike[str]) -> list[tuple[d
         log.info("%s: dropping a torn last line (%d bytes)", source, len(torn))
     rows = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
-            log.warning("%s:%d: not a metrics row, ignored", source, number)
-            continue
-        rows.append((row, line + b"\n"))
+        row = _parse_row(line, source, number)
+        if row is not None:
+            rows.append((row, line + b"\n"))
     return rows
+
+
+def _parse_row(line: bytes, source: str | os.PathLike[str], number: int) -> dict[str, Any] | None:
+    """The row of one line; None for a blank line, and for anything else that is no row (with a warning)."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        row = None
+    if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
+        log.warning("%s:%d: not a metrics row, ignored", source, number)
+        return None
+    return row
+
+
+def iter_metrics(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The rows of a metrics.jsonl file one by one, as `read_metrics` gives them, reading a line at a time:
+    memory stays at one row whatever the file's size (a line over MAX_LINE_BYTES is skipped with a warning)."""
+    with open(path, "rb") as f:
+        number = 0
+        while line := f.readline(MAX_LINE_BYTES):
+            number += 1
+            if not line.endswith(b"\n"):
+                if len(line) < MAX_LINE_BYTES:  # the end of the file: a torn last line
+                    if line.strip():
+                        log.info("%s: dropping a torn last line (%d bytes)", path, len(line))
+                    return
+                while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass
+                log.warning("%s:%d: a line of more than %d bytes, not a metrics row, ignored", path, number,
+                            MAX_LINE_BYTES)
+                continue
+            row = _parse_row(line[:-1], path, number)
+            if row is not None:
+                yield row
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -135,4 +165,4 @@ def _line(row: Mapping[str, Any]) -> bytes:
     return (json.dumps(row, allow_nan=False, separators=(", ", ": ")) + "\n").encode("utf-8")
 
 
-__all__ = ["FILE_NAME", "MetricsFile", "parse_lines", "read_metrics"]
+__all__ = ["FILE_NAME", "MetricsFile", "iter_metrics", "parse_lines", "read_metrics"]

@@ -151,6 +151,11 @@ class PreemptionWatcher:
             self._interrupting = False
 
     @property
+    def seen(self) -> bool:
+        """Local, no collective: has this process received a stop signal?"""
+        return self._flag
+
+    @property
     def signal_name(self) -> str | None:
         """Name of the first signal received here, without the SIG prefix (e.g. "USR1"), or None."""
         return self._signal.name.removeprefix("SIG") if self._signal is not None else None

@@ -196,8 +196,8 @@ class Trainer:
             while state.step < cfg.train.steps:
                 self._iteration()
                 bar.update(1)
-                saved = self._periodic_work(bar)
-                if self._preemption_agreed():
+                saved, abandoned = self._periodic_work(bar)
+                if abandoned or self._preemption_agreed():
                     if not saved:
                         self._checkpoint()
                     status = "preempted"
@@ -217,19 +217,19 @@ class Trainer:
         self.scalars.add(stats, data_seconds)
         self.step_seconds += time.perf_counter() - t0
 
-    def _periodic_work(self, bar: tqdm) -> bool:
-        """Logging, grids, evaluation and checkpoints due at this step; True if a checkpoint was saved."""
+    def _periodic_work(self, bar: tqdm) -> tuple[bool, bool]:
+        """Logging, grids, evaluation and checkpoints due at this step: (a checkpoint was saved, the
+        evaluation was abandoned for a stop signal that all ranks agreed on)."""
         cfg, step = self.cfg, self.state.step
         if step % cfg.log.every == 0:
             self._log_scalars(bar)
         if step % cfg.log.grid_every == 0 or step == 1:
             self._log_grid()
-        if cfg.eval.every and step % cfg.eval.every == 0:
-            self._evaluate()
+        abandoned = bool(cfg.eval.every and step % cfg.eval.every == 0) and not self._evaluate()
         if step % cfg.checkpoint.every == 0 or step == cfg.train.steps:
             self._checkpoint()
-            return True
-        return False
+            return True, abandoned
+        return False, abandoned
 
     def _preemption_agreed(self) -> bool:
         """Collective, every `preempt.check_every` steps: did any rank get a stop signal?"""
@@ -284,13 +284,23 @@ class Trainer:
         save_png(self.run_dir.path / "samples" / f"step_{self.state.step:07d}.png", grid)
         log_image(self.acc, "samples", grid, step=self.state.step, caption=f"EMA G, step {self.state.step}")
 
-    def _evaluate(self) -> None:
-        """Collective: score EMA G, log under eval/, and keep the best checkpoint by FID."""
-        from distgan.evaluation.evaluate import evaluate_generator
+    def _evaluate(self) -> bool:
+        """Collective: score EMA G, log under eval/, and keep the best checkpoint by FID. False when a stop
+        signal ended the evaluation early (no scores, no `best`): the caller saves and stops."""
+        from distgan.evaluation.evaluate import EvaluationAbandoned, evaluate_generator
 
-        cfg = self.cfg
-        scores = evaluate_generator(self.acc, self.nets.ema.module, n=cfg.eval.n, seed=cfg.seed + 2,
-                                    classifier_path=self.classifier, test_split=self.data_dir / "test")
+        cfg, acc = self.cfg, self.acc
+        try:
+            scores = evaluate_generator(acc, self.nets.ema.module, n=cfg.eval.n, seed=cfg.seed + 2,
+                                        classifier_path=self.classifier, test_split=self.data_dir / "test",
+                                        should_stop=lambda: self.watcher.requested(acc),
+                                        stop_seen=lambda: self.watcher.seen)
+        except EvaluationAbandoned:
+            self.watcher.requested(acc)  # every rank: settles the agreed kind of stop (requeue or not)
+            by = f"SIG{self.watcher.signal_name}" if self.watcher.signal_name else "a signal on another rank"
+            if acc.is_main_process:
+                log.warning("evaluation at step %d abandoned: %s", self.state.step, by)
+            return False
         values = {f"eval/{k}": float(v) for k, v in scores.items()}
         self.acc.log(values, step=self.state.step)
         self.metrics.write(self.state.step, values)
@@ -298,6 +308,7 @@ class Trainer:
         if math.isfinite(fid) and (self.state.best_fid is None or fid < self.state.best_fid):  # NaN never best
             self.state.best_fid = fid
             self._checkpoint(name=BEST, scores=scores)
+        return True
 
     def _checkpoint(self, name: str | None = None, scores: dict[str, float] | None = None) -> None:
         """Collective: refuse to save non-finite weights, check all ranks agree, then save."""
