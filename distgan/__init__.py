@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 _API = {
     "load_config": "distgan.config",
     "train": "distgan.training.trainer",
-    "load_generator": "distgan.training.sampling",
-    "sample_images": "distgan.training.sampling",
+    "load_generator": "distgan.generator.loading",
+    "sample_images": "distgan.generator.sampling",
 }
 __all__ = [*_API, "__version__"]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import fnmatch
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,7 +211,7 @@ class DistConfig(Section):
 
 
 class PreemptConfig(Section):
-    # names or numbers, checked by distgan.training.preemption.parse_signal
+    # names or numbers, checked by distgan.run.preemption.parse_signal
     signals: list[str] = ["USR1", "USR2", "TERM"]  # save a checkpoint and stop
     # ...and requeue the SLURM job on these only: TERM also comes from `scancel`, which must not come back
     requeue_signals: list[str] = ["USR1", "USR2"]
@@ -520,92 +519,12 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def model_fingerprint(cfg: Config) -> dict[str, Any]:
-    """The parts of a config that must match to resume a run: the models' shapes and the loss."""
-    model = cfg.model.to_dict()
-    model.pop("sync_batchnorm")  # SyncBatchNorm and BatchNorm have the same weights
-    return {"model": model, "loss.kind": cfg.loss.kind}
-
-
 # --- run directories and resuming -----------------------------------------------------------------------
 
 
-def auto_run_dir(config_path_stem: str, job_id: str | None, timestamp: str) -> str:
-    """`run.dir: auto` -> `runs/<config name>-<SLURM job id, else timestamp>`.
-
-    Pass the SLURM job id (`SLURM_JOB_ID`, or `<array job id>_<task id>`) so that a requeued job, which keeps
-    its id, finds and resumes its own directory; outside SLURM the timestamp makes each run new.
-    """
-    def clean(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
-
-    return f"runs/{clean(config_path_stem)}-{clean(job_id if job_id else timestamp)}"
-
-
-# Keys that may differ between a run's saved config and the config that resumes it (fnmatch patterns on
-# dotted keys). Everything else shapes the trained weights' trajectory, so a difference means "this is
-# another experiment" and resume=auto must refuse it (see resume_conflicts). Why each one may change:
-RESUMABLE_KEYS: tuple[str, ...] = (
-    "train.steps",  # extend (or shorten) a run: the point of resuming
-    "train.nan_patience",  # when to give up on non-finite losses; not a training value
-    "log.*",  # what, where (log.with) and how often to log; the grid noise only draws pictures
-    "checkpoint.*",  # how often to save and how many to keep
-    "eval.*",  # evaluation reads G, never changes it (note: FIDs at other n/classifier are not comparable)
-    "wandb.*",  # where the metrics go
-    "data.dir",  # the same shards may live at another path on another cluster or node
-    "data.num_workers",  # the global sample order does not depend on the worker count
-    "data.cache_dir",  # where remote shards are cached: the same verified bytes wherever they are
-    "run.dir",  # the run may have been moved, or resumed from elsewhere with resume=<path>
-    "resume",  # how to find the checkpoint
-    "name",  # a label (the config file's stem)
-    "dist.timeout_s",  # infrastructure
-    "preempt.*",  # infrastructure
-    "model.sync_batchnorm",  # same weights; it follows the world size, which may change on requeue
-)
 # Not resumable, deliberately: train.lr_g/lr_d/betas/batch_size/d_steps, seed, mixed_precision, ema.*,
 # loss.*, model.*. A changed learning rate is the most common "new experiment in an old run.dir", the bug
 # this check exists for. To change one on purpose, pass resume=<checkpoint dir>: an explicit resume is
 # a decision, not an accident, and the trainer then applies the new config's values (its learning rates).
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def resumable(key: str) -> bool:
-    """Whether dotted `key` may change when a run resumes (it matches RESUMABLE_KEYS)."""
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_KEYS)
-
-
-def resume_conflicts(saved: Config, new: Config) -> list[str]:
-    """The dotted keys, in config order, whose values differ between `saved` and `new` outside RESUMABLE_KEYS."""
-    old, now = _flatten(saved.to_dict()), _flatten(new.to_dict())
-    return [key for key in now if old.get(key) != now[key] and not resumable(key)]
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
-
-def describe_conflicts(where: str | Path, saved: Config, new: Config, limit: int = 6) -> str | None:
-    """One line for a refused resume, or None when nothing conflicts:
-
-    `cannot resume runs/x: the config differs in train.lr_d (0.0004 -> 0.0002), loss.kind (hinge -> bce); ...`
-    """
-    keys = resume_conflicts(saved, new)
-    if not keys:
-        return None
-    old, now = _flatten(saved.to_dict()), _flatten(new.to_dict())
-    parts = [f"{k} ({_show(old.get(k))} -> {_show(now[k])})" for k in keys[:limit]]
-    if len(keys) > limit:
-        parts.append(f"and {len(keys) - limit} more")
-    return (f"cannot resume {where}: the config differs in {', '.join(parts)}; use a new run.dir, "
-            f"or resume=<checkpoint dir> to continue from it with the new values on purpose")

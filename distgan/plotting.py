@@ -21,7 +21,7 @@ import numpy as np
 
 from distgan.atomic import write_bytes_atomic
 from distgan.errors import UserError
-from distgan.training.metrics_file import FILE_NAME, iter_metrics
+from distgan.run.metrics_file import FILE_NAME, iter_metrics
 
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("losses", ("loss/d", "loss/g")),

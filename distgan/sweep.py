@@ -38,6 +38,7 @@ import yaml
 from distgan.atomic import write_text_atomic
 from distgan.config import apply_overrides, load_config, load_yaml_text, read_config_file, read_yaml_file
 from distgan.errors import UserError
+from distgan.run.checkpoint import STATE_FILE, complete_checkpoints
 
 MAX_TRIALS = 100_000
 MANIFEST = "sweep.json"
@@ -315,7 +316,6 @@ def _run_config(run_dir: Path) -> Any:
 def trial_row(run_dir: Path, trial: dict[str, Any] | None) -> dict[str, Any]:
     """One trial's summary: index, overrides, steps done and planned, status, best FID and the other scores
     logged with it (from metrics.jsonl when present), from the run's files only."""
-    from distgan.training.checkpoint import STATE_FILE, complete_checkpoints
 
     cfg = _run_config(run_dir)
     target = (cfg or {}).get("train", {}).get("steps") if isinstance(cfg, dict) else None

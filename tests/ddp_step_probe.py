@@ -13,9 +13,10 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from distgan.collectives import needs_cpu_flag, sync_buffers
 from distgan.config import LossConfig, ModelConfig
+from distgan.generator.architectures import build_generator
 from distgan.hashing import state_dict_sha256
+from distgan.training.discriminators import build_discriminator
 from distgan.training.gan_step import GANStep
-from distgan.training.models import build_discriminator, build_generator
 from distgan.training.networks import Networks
 from distgan.training.precision import Precision
 
@@ -24,7 +25,7 @@ def main(out_dir: Path) -> None:
     acc = Accelerator(cpu=needs_cpu_flag())
     torch.manual_seed(0)
     cfg = ModelConfig(arch="dcgan", z_dim=8, g_width=4, d_width=4)
-    g, d = build_generator(cfg), build_discriminator(cfg)
+    g, d = build_generator(cfg, (1, 28, 28)), build_discriminator(cfg, (1, 28, 28))
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
     g, d, opt_g, opt_d = acc.prepare(g, d, opt_g, opt_d)

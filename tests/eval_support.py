@@ -50,7 +50,8 @@ def _probe(shards: str, classifier: str, out_dir: str, n: int) -> None:
     sys.path.insert(0, str(_REPO))
     from accelerate import Accelerator
 
-    from distgan.evaluation.evaluate import evaluate_generator, load_split_images
+    from distgan.data.splits import load_split_images
+    from distgan.evaluation.evaluate import evaluate_generator
 
     acc = Accelerator(cpu=True)
     images, _ = load_split_images(Path(shards) / "test")

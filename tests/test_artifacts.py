@@ -85,7 +85,8 @@ def test_generator_and_classifier_artifacts(run, eval_classifier, tmp_path):
     assert saved.keys() == exported.keys() and all(torch.equal(saved[k], exported[k]) for k in saved)
     config = json.loads((folder / "config.json").read_text())
     assert config["classifier_artifact"] == f"eval-classifier:sha256-{sha[:16]}" and config["step"] == 20
-    from distgan.training.sampling import load_generator, sample_images
+    from distgan.generator.loading import load_generator
+    from distgan.generator.sampling import sample_images
 
     g, cfg = load_generator(folder)
     assert cfg.model.z_dim == 16 and sample_images(g, 4).shape == (4, 28, 28)

@@ -12,16 +12,11 @@ import torch
 import torch.nn.functional as F
 from eval_support import classifier_file
 
+from distgan.data.splits import load_split_images
 from distgan.errors import UserError
 from distgan.evaluation import metrics as M
-from distgan.evaluation.classifier import MnistClassifier
-from distgan.evaluation.evaluate import (
-    evaluate_generator,
-    evaluate_images,
-    load_classifier,
-    load_split_images,
-    real_features,
-)
+from distgan.evaluation.classifier import FeatureClassifier
+from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier, real_features
 from distgan.hashing import state_dict_sha256
 
 pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not slow"`)
@@ -40,7 +35,7 @@ def test_images(mnist_shards) -> tuple[np.ndarray, np.ndarray]:
 def test_train_classifier_file(classifier, mnist_shards):
     blob = torch.load(classifier, map_location="cpu", weights_only=True)
     assert blob["test_accuracy"] >= 0.98
-    model = MnistClassifier()
+    model = FeatureClassifier((1, 28, 28), 10)
     model.load_state_dict(blob["state_dict"])
     assert blob["sha256"] == state_dict_sha256(model) and len(blob["sha256"]) == 64
     assert blob["sha256"] in (classifier.parent / "train.log").read_text()

@@ -15,18 +15,9 @@ from torch import nn
 
 from distgan.errors import UserError
 from distgan.evaluation import metrics as M
-from distgan.training.sampling import (
-    GRID_MAX_CLASSES,
-    class_grid,
-    eval_labels,
-    fixed_noise,
-    generate_images,
-    grid_inputs,
-    load_generator,
-    parse_labels,
-    sample_images,
-    write_samples,
-)
+from distgan.generator.grids import GRID_MAX_CLASSES, class_grid, grid_inputs
+from distgan.generator.loading import load_generator, write_samples
+from distgan.generator.sampling import eval_labels, fixed_noise, generate_images, parse_labels, sample_images
 
 # -- --labels ------------------------------------------------------------------------------------------------
 
@@ -123,7 +114,7 @@ def test_grid_inputs_rows_are_classes():
 
 def _mlp(num_classes: int) -> nn.Module:
     from distgan.config import ModelConfig
-    from distgan.training.models import build_generator
+    from distgan.generator.architectures import build_generator
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="mlp", z_dim=8, g_hidden=[16], conditional=num_classes > 0,
@@ -195,11 +186,31 @@ def test_sample_a_conditional_checkpoint(cond_run, mnist_shards, tmp_path):
     assert not (tmp_path / "x.npz").exists()
 
 
+def onnx_parity(folder, batch_sizes=(1, 5), seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the images of an export folder's generator.onnx and weights."""
+    import onnxruntime as ort
+
+    from distgan.generator.export import ONNX_FILE, load_exported, onnx_inputs
+
+    g, _ = load_exported(folder)
+    session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for b in batch_sizes:
+        inputs = onnx_inputs(g, b, seed + b)
+        with torch.no_grad():
+            ref = g(*inputs.values()).numpy()
+        got = session.run(["images"], {k: v.numpy() for k, v in inputs.items()})[0]
+        assert got.shape == ref.shape, f"ONNX output shape {got.shape} != PyTorch {ref.shape}"
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
 def test_export_a_conditional_checkpoint_with_onnx(cond_run, tmp_path):
     require_module("onnxruntime", 'pip install -e ".[export]"')
     import onnxruntime as ort
 
-    from distgan.training.export import export_checkpoint, load_exported, onnx_parity
+    from distgan.exporting import export_checkpoint
+    from distgan.generator.export import load_exported
 
     folder = tmp_path / "model"
     meta = export_checkpoint(cond_run, folder, onnx=True)
@@ -242,8 +253,9 @@ def test_real_images_with_their_labels_score_as_a_perfect_conditional_model(eval
                                                                             tmp_path, quick_kid):
     """1000 real training images as 'samples' of their true classes: the classifier agrees with almost all
     and each class matches the test images of that class; with shuffled labels neither holds."""
+    from distgan.data.splits import load_split_images
     from distgan.evaluation.classifier import embed_images
-    from distgan.evaluation.evaluate import labelled_real_features, load_classifier, load_split_images
+    from distgan.evaluation.evaluate import labelled_real_features, load_classifier
     from distgan.evaluation.report import format_table, score
 
     images, labels = load_split_images(mnist_shards / "train")
@@ -288,7 +300,8 @@ class LookupConditional(nn.Module):
 
 
 def test_evaluate_generator_asks_for_the_training_frequencies(eval_classifier, mnist_shards, quick_kid):
-    from distgan.evaluation.evaluate import evaluate_generator, load_split_images
+    from distgan.data.splits import load_split_images
+    from distgan.evaluation.evaluate import evaluate_generator
 
     images, labels = load_split_images(mnist_shards / "train")
     freqs = torch.tensor([0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03])
@@ -311,15 +324,15 @@ def test_samples_file_labels_are_checked(eval_classifier, tmp_path):
 
     images = np.zeros((5, 28, 28), np.uint8)
     np.savez(tmp_path / "ok.npz", images=images, labels=np.array([0, 1, 2, 3, 4], np.uint8))
-    got, labels = load_labelled_samples(tmp_path / "ok.npz", 3)
+    got, labels = load_labelled_samples(tmp_path / "ok.npz", 3, (1, 28, 28))
     assert got.shape == (3, 28, 28) and labels.tolist() == [0, 1, 2] and labels.dtype == np.int64
-    assert load_samples(tmp_path / "ok.npz").shape == (5, 28, 28)
+    assert load_samples(tmp_path / "ok.npz", None, (1, 28, 28)).shape == (5, 28, 28)
     np.savez(tmp_path / "plain.npz", images=images)
-    assert load_labelled_samples(tmp_path / "plain.npz")[1] is None
+    assert load_labelled_samples(tmp_path / "plain.npz", None, (1, 28, 28))[1] is None
     for bad in (np.zeros(4, np.int64), np.zeros(5, np.float32), np.zeros((5, 1), np.int64)):
         np.savez(tmp_path / "bad.npz", images=images, labels=bad)
         with pytest.raises(UserError, match="'labels' has dtype .* expected 5 integers"):
-            load_labelled_samples(tmp_path / "bad.npz")
+            load_labelled_samples(tmp_path / "bad.npz", None, (1, 28, 28))
     with pytest.raises(UserError, match=r"labels range from 0 to 10 but the classifier has 10 classes \(0\.\.9\)"):
         evaluate_images(None, images, labels=np.array([0, 1, 2, 3, 10]), classifier_path=eval_classifier,
                         test_split=None)

@@ -16,13 +16,14 @@ from distgan.data.info import DatasetInfo
 from distgan.data.shards import MAX_CLASSES
 from distgan.errors import UserError
 from distgan.evaluation.metrics import FeatureSet, intra_fid, label_accuracy
+from distgan.generator.architectures import build_generator
+from distgan.generator.sampling import parse_labels, sample_images
 from distgan.training.augment import DiffAugment, cutout, translation
+from distgan.training.discriminators import build_discriminator
 from distgan.training.gan_step import GANStep
 from distgan.training.losses import r1_penalty
-from distgan.training.models import build_discriminator, build_generator
 from distgan.training.networks import Networks
 from distgan.training.precision import Precision
-from distgan.training.sampling import parse_labels, sample_images
 from distgan.training.trainer import num_classes_for
 
 
@@ -88,7 +89,7 @@ def test_r1_is_the_squared_input_gradient_norm(scale):
 def test_conditional_models_use_the_labels(arch):
     cfg = ModelConfig(arch=arch, z_dim=8, g_hidden=[16], d_hidden=[16], g_width=8, d_width=8, spectral_norm=True,
                       conditional=True, num_classes=10)
-    g, d = build_generator(cfg).eval(), build_discriminator(cfg)
+    g, d = build_generator(cfg, (1, 28, 28)).eval(), build_discriminator(cfg, (1, 28, 28))
     nn.init.normal_(g.inputs.embed.weight)
     z = torch.randn(4, 8, generator=gen(0))
     a, b = g(z, torch.tensor([1, 1, 1, 1])), g(z, torch.tensor([7, 7, 7, 7]))
@@ -137,22 +138,7 @@ def test_conditional_needs_labels_and_matching_classes():
         num_classes_for(load_config(None, ["model.conditional=true", "model.num_classes=5"]),
                         DatasetInfo((1, 28, 28), 10, tuple("0123456789"), (0.1,) * 10))
     with pytest.raises(UserError, match="needs a labelled dataset"):
-        build_generator(ModelConfig(conditional=True))
-
-
-def test_checkpoints_from_before_conditional_models_still_load():
-    """The DCGAN G used to be Sequential `project` + `up`, and D's output Linear the last entry of `net`."""
-    cfg = ModelConfig(arch="dcgan", z_dim=8, g_width=8, d_width=8, spectral_norm=True)
-    g, d = build_generator(cfg).eval(), build_discriminator(cfg)
-    old_g = {k.replace("blocks.0.conv.", "up.0.").replace("blocks.0.norm.", "up.1.").replace("to_image.", "up.3."): v
-             for k, v in g.state_dict().items()}
-    last = max(int(k.split(".")[1]) for k in d.state_dict() if k.startswith("net."))
-    old_d = {k.replace("out.", f"net.{last + 1}."): v for k, v in d.state_dict().items()}
-    g2, d2 = build_generator(cfg).eval(), build_discriminator(cfg)
-    g2.load_state_dict(old_g)
-    d2.load_state_dict(old_d)
-    z, x = torch.randn(3, 8, generator=gen(1)), images(3, 1, 28)
-    assert torch.equal(g(z), g2(z)) and torch.allclose(d(x), d2(x))
+        build_generator(ModelConfig(conditional=True), (1, 28, 28))
 
 
 # --- the GAN step ---------------------------------------------------------------------------------------
@@ -161,7 +147,7 @@ def make_step(*, freqs=None, r1_every=2, policy="translation,cutout"):
     acc = Accelerator(cpu=True)
     torch.manual_seed(0)
     cfg = ModelConfig(arch="dcgan", z_dim=8, g_width=8, d_width=8, conditional=True, num_classes=10)
-    g, d = build_generator(cfg), build_discriminator(cfg)
+    g, d = build_generator(cfg, (1, 28, 28)), build_discriminator(cfg, (1, 28, 28))
     opt_g, opt_d = torch.optim.Adam(g.parameters(), lr=1e-3), torch.optim.Adam(d.parameters(), lr=1e-3)
     g, d, opt_g, opt_d = acc.prepare(g, d, opt_g, opt_d)
     freqs = torch.full((10,), 0.1) if freqs is None else freqs

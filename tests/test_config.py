@@ -16,20 +16,17 @@ from pydantic.fields import FieldInfo
 from distgan.config import (
     MAX_YAML_BYTES,
     MAX_YAML_DEPTH,
-    RESUMABLE_KEYS,
     Config,
     Section,
-    auto_run_dir,
     config_from_dict,
-    describe_conflicts,
     dump_config,
     load_config,
     load_yaml_text,
-    model_fingerprint,
     parse_override,
-    resume_conflicts,
 )
 from distgan.errors import UserError
+from distgan.run.resume import RESUMABLE_KEYS, describe_conflicts, model_fingerprint, resume_conflicts
+from distgan.run.run_dir import auto_run_dir
 
 DEBUG = REPO / "configs" / "debug.yaml"
 

@@ -304,21 +304,19 @@ def _v1_manifest(v2: dict) -> dict:
     }
 
 
-def test_version_1_output_is_still_read(mnist_shards, mnist_raw, tmp_path):
+def test_version_1_output_is_refused_and_prepare_rewrites_it(mnist_shards, mnist_raw, tmp_path):
+    """Format 1 (MNIST only, before the shape and classes were recorded) is no longer read: one line, and
+    `distgan prepare` on the same folder rewrites it."""
     out = tmp_path / "v1"
     shutil.copytree(mnist_shards, out, ignore=shutil.ignore_patterns(LOCK_FILE))
     v2 = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps(_v1_manifest(v2), indent=2, sort_keys=True) + "\n")
-    info = dataset_info(out)
-    assert info.image_shape == (1, 28, 28) and info.class_names == tuple("0123456789")
-    assert info.class_frequencies[1] == 0.1127  # computed from the train labels
-    x, y = load_split(out / "test")
-    x2, y2 = load_split(mnist_shards / "test")
-    assert torch.equal(x, x2) and torch.equal(y, y2)
-    assert _keys_in_order(out / "train", 2, 0, 64) == _keys_in_order(mnist_shards / "train", 2, 0, 64)
+    with pytest.raises(UserError, match="manifest format version 1, this distgan reads versions 2 and 3") as exc:
+        dataset_info(out)
+    assert "\n" not in str(exc.value)
     # An unknown version is refused with one line; prepare upgrades the directory in place.
     (out / "manifest.json").write_text(json.dumps({**_v1_manifest(v2), "format": "distgan-shards", "version": 4}))
-    with pytest.raises(UserError, match="manifest format version 4, this distgan reads versions 1, 2 and 3") as exc:
+    with pytest.raises(UserError, match="manifest format version 4, this distgan reads versions 2 and 3") as exc:
         samples_per_epoch(out / "train")
     assert "\n" not in str(exc.value)
     (out / "manifest.json").write_text(json.dumps(_v1_manifest(v2)))

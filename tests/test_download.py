@@ -17,7 +17,7 @@ from conftest import free_port, missing, run_cli
 from conftest import test_env as child_env  # aliased: pytest would collect a `test_*` name
 
 from distgan.data.datasets import FASHION_MNIST
-from distgan.data.download import DEFAULT_MIRRORS, OFFICIAL_MD5, download_dataset, download_mnist, resolve_mirrors
+from distgan.data.download import DEFAULT_MIRRORS, OFFICIAL_MD5, download_dataset, resolve_mirrors
 from distgan.data.idx import FILES
 from distgan.data.prepare import prepare
 from distgan.errors import UserError
@@ -104,14 +104,14 @@ def test_default_table_and_mirrors():
 
 def test_good_mirror_with_progress(serve, small_mnist, tmp_path, capsys):
     good, md5 = small_mnist
-    paths = download_mnist(tmp_path / "raw", [serve(good)], md5=md5, progress=True)
+    paths = download_dataset("mnist", tmp_path / "raw", [serve(good)], md5=md5, progress=True)
     for role, name in FILES.items():
         assert paths[role] == tmp_path / "raw" / name
         assert paths[role].read_bytes() == (good / name).read_bytes()
     err = capsys.readouterr().err
     assert "100%" in err and "train-images-idx3-ubyte.gz" in err
     # Present with the right md5: not downloaded again (the mirror is gone now).
-    assert download_mnist(tmp_path / "raw", [_closed_port_url()], md5=md5, progress=False) == paths
+    assert download_dataset("mnist", tmp_path / "raw", [_closed_port_url()], md5=md5, progress=False) == paths
 
 
 def test_bad_checksum_falls_through(serve, small_mnist, bad_mirror, tmp_path, capsys):
@@ -119,7 +119,7 @@ def test_bad_checksum_falls_through(serve, small_mnist, bad_mirror, tmp_path, ca
     missing = tmp_path / "empty"
     missing.mkdir()
     mirrors = [serve(bad_mirror), serve(missing), serve(good)]  # md5 mismatch, then 404, then good
-    paths = download_mnist(tmp_path / "raw", mirrors, md5=md5, progress=True)
+    paths = download_dataset("mnist", tmp_path / "raw", mirrors, md5=md5, progress=True)
     for name in FILES.values():
         assert hashlib.md5((tmp_path / "raw" / name).read_bytes()).hexdigest() == md5[name]
     assert len(paths) == 4
@@ -133,7 +133,7 @@ def test_all_mirrors_fail_leaves_nothing(serve, small_mnist, bad_mirror, tmp_pat
     missing.mkdir()
     dest = tmp_path / "raw"
     with pytest.raises(UserError) as exc:
-        download_mnist(dest, [serve(bad_mirror), serve(missing)], md5=md5, progress=False)
+        download_dataset("mnist", dest, [serve(bad_mirror), serve(missing)], md5=md5, progress=False)
     msg = str(exc.value)
     assert "\n" not in msg and "train-images-idx3-ubyte.gz" in msg and "md5" in msg and "404" in msg
     assert list(dest.iterdir()) == []  # no partial file, no temporary file
@@ -141,7 +141,7 @@ def test_all_mirrors_fail_leaves_nothing(serve, small_mnist, bad_mirror, tmp_pat
 
 def test_no_network(tmp_path):
     with pytest.raises(UserError) as exc:
-        download_mnist(tmp_path / "raw", [_closed_port_url(), _closed_port_url()], progress=False)
+        download_dataset("mnist", tmp_path / "raw", [_closed_port_url(), _closed_port_url()], progress=False)
     msg = str(exc.value)
     assert msg.startswith("no network") and "--raw-dir" in msg and "\n" not in msg
     assert list((tmp_path / "raw").iterdir()) == []

@@ -9,8 +9,8 @@ import pytest
 from conftest import run_cli
 from eval_support import classifier_file
 
+from distgan.data.splits import load_split_images
 from distgan.errors import UserError
-from distgan.evaluation.evaluate import load_split_images
 from distgan.evaluation.report import load_samples
 
 
@@ -54,13 +54,13 @@ def _npz(path, **arrays):
 def test_bad_samples_files_are_one_line_user_errors(tmp_path, make, message):
     path = make(tmp_path / "s.npz")
     with pytest.raises(UserError) as e:
-        load_samples(path)
+        load_samples(path, None, (1, 28, 28))
     assert message in str(e.value) and "\n" not in str(e.value) and "s.npz" in str(e.value)
 
 
 def test_samples_accepts_a_channel_axis_and_takes_the_first_n(tmp_path):
     path = _npz(tmp_path / "s.npz", images=np.arange(5 * 784, dtype=np.uint8).reshape(5, 1, 28, 28))
-    assert load_samples(path, 3).shape == (3, 28, 28)
+    assert load_samples(path, 3, (1, 28, 28)).shape == (3, 28, 28)
 
 
 @pytest.mark.slow

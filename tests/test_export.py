@@ -90,7 +90,7 @@ def test_onnx_matches_pytorch(arch, exports):
     require_module("onnxruntime", 'pip install -e ".[export]"')
     import onnxruntime as ort
 
-    from distgan.training.sampling import load_generator
+    from distgan.generator.loading import load_generator
 
     g, _ = load_generator(exports[arch])
     session = ort.InferenceSession(str(exports[arch] / "generator.onnx"), providers=["CPUExecutionProvider"])
@@ -200,7 +200,7 @@ def test_reexport_keeps_the_users_files_and_refuses_non_finite_weights(runs, tmp
     from safetensors.torch import load_file, save_file
 
     from distgan.errors import UserError
-    from distgan.training.export import export_checkpoint
+    from distgan.exporting import export_checkpoint
 
     folder = tmp_path / "model"
     export_checkpoint(runs["mlp"], folder)
@@ -239,7 +239,7 @@ def test_reexport_keeps_the_users_files_and_refuses_non_finite_weights(runs, tmp
 KILLED_EXPORT = """
 import sys, time
 from pathlib import Path
-from distgan.training.export import WEIGHTS_FILE, _write_folder
+from distgan.generator.export import WEIGHTS_FILE, _write_folder
 
 def write(tmp):  # the export's first file is written, then the process is killed -9
     (tmp / WEIGHTS_FILE).write_bytes(bytes(1000))
@@ -258,8 +258,8 @@ def test_next_export_removes_the_folder_a_killed_export_left(tmp_path):
     import socket
 
     from distgan.config import load_config
-    from distgan.training.export import is_export_dir, write_export
-    from distgan.training.models import build_generator
+    from distgan.generator.architectures import build_generator
+    from distgan.generator.export import is_export_dir, write_export
 
     parent = tmp_path / "exports"
     child = subprocess.Popen([PYTHON, "-c", KILLED_EXPORT, str(parent / "model")], cwd=REPO, env=child_env(),
@@ -283,7 +283,7 @@ def test_next_export_removes_the_folder_a_killed_export_left(tmp_path):
     legacy.mkdir()
     (legacy / "config.json").write_text("{}")
     cfg = load_config(REPO / "configs" / "debug.yaml", [])
-    write_export(parent / "model", build_generator(cfg.model), cfg, step=None)
+    write_export(parent / "model", build_generator(cfg.model, (1, 28, 28)), cfg, step=None)
     assert is_export_dir(parent / "model") and not left.exists() and not legacy.exists()
     assert all((folder / name).read_text() == "keep" for folder, name in keep.items())
     assert sorted(p.name for p in parent.iterdir()) == sorted(["model", f".file.tmp-{dead}", *(f.name for f in keep)])

@@ -27,7 +27,7 @@ from distgan.atomic import WriteError
 from distgan.config import load_config
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
-from distgan.training.checkpoint import (
+from distgan.run.checkpoint import (
     BEST,
     EMA_FILE,
     MARKER,
@@ -38,7 +38,7 @@ from distgan.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from distgan.training.run_dir import RunDir
+from distgan.run.run_dir import RunDir
 
 pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
 
@@ -135,7 +135,7 @@ def test_damaged_checkpoint_is_named_and_skipped(run, damage, caplog):
         resolve_checkpoint(ckpt)
     message = str(info.value)
     assert "\n" not in message and str(ckpt) in message and name in message, message
-    with caplog.at_level(logging.WARNING, logger="distgan.training.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="distgan.run.checkpoint"):
         assert latest_checkpoint(run) == run / "checkpoints" / STEP10
     warnings = [r.getMessage() for r in caplog.records if STEP20 in r.getMessage()]
     assert len(warnings) == 1 and name in warnings[0] and "\n" not in warnings[0], warnings
@@ -186,7 +186,7 @@ def test_non_finite_weights_are_refused(run, mnist_shards, tmp_path):
 def test_old_format_marker_is_accepted_with_a_warning(run, mnist_shards, caplog):
     ckpt = run / "checkpoints" / STEP20
     (ckpt / MARKER).write_text("20\n")  # what distgan wrote before markers listed files
-    with caplog.at_level(logging.WARNING, logger="distgan.training.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="distgan.run.checkpoint"):
         assert latest_checkpoint(run) == ckpt
     assert any("old-format" in r.getMessage() and STEP20 in r.getMessage() for r in caplog.records)
     proc = ok(train(mnist_shards, run, "train.steps=25", "checkpoint.every=5"))
@@ -206,7 +206,7 @@ import torch
 from accelerate import Accelerator
 
 from distgan.errors import UserError
-from distgan.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from distgan.run.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from distgan.training.precision import Precision
 
 mode, path, step, name = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -458,14 +458,14 @@ def test_a_step_dir_without_marker_is_removed_by_the_next_save(tiny, tmp_path, c
     shutil.copytree(ckpts / "step_0000001", ckpts / "step_0000005", ignore=shutil.ignore_patterns(MARKER, "opt*"))
     _truncate(ckpts / "step_0000003" / "model.safetensors")  # sealed but damaged: the user's to judge, kept
     (ckpts / "notes.txt").write_text("mine")
-    with caplog.at_level(logging.WARNING, logger="distgan.training.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="distgan.run.checkpoint"):
         tiny.save(run, 7)
     removed = [r.getMessage() for r in caplog.records if "step_0000005" in r.getMessage()]
     assert len(removed) == 1 and "removing incomplete checkpoint" in removed[0], removed
     assert sorted(p.name for p in ckpts.iterdir()) == ["notes.txt", "step_0000001", "step_0000003", "step_0000007"]
     assert (ckpts / "notes.txt").read_text() == "mine" and "truncated" in checkpoint_problem(ckpts / "step_0000003")
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="distgan.training.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="distgan.run.checkpoint"):
         assert [s for s, _ in complete_checkpoints(run)] == [1, 3, 7]
     assert not caplog.records  # no more "ignoring incomplete checkpoint" at each resume
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, REPO, child_env, run_cli
 
-from distgan.training.checkpoint import complete_checkpoints
+from distgan.run.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not slow"`)
 
@@ -109,7 +109,7 @@ def test_run_dir_auto_is_new_for_runs_started_in_the_same_second(tmp_path, monke
     from accelerate import Accelerator
 
     from distgan.config import load_config
-    from distgan.training.run_dir import resolve_run_path
+    from distgan.run.run_dir import resolve_run_path
 
     acc = Accelerator(cpu=True)
     monkeypatch.chdir(tmp_path)

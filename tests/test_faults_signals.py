@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, PYTHON, REPO, child_env
 
-from distgan.training.preemption import CTRL_C_MESSAGE
+from distgan.run.preemption import CTRL_C_MESSAGE
 
 pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
 

@@ -98,7 +98,7 @@ def test_login_is_found_where_wandb_looks(tmp_path, monkeypatch):
     """WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or a netrc entry for the server's host ($NETRC or ~/.netrc,
     whatever its permissions, as wandb reads it); `auto` falls back to offline without one."""
     from distgan.errors import UserError
-    from distgan.training.tracking import resolve_mode
+    from distgan.run.tracking import resolve_mode
 
     for key in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "NETRC", "WANDB_MODE"):
         monkeypatch.delenv(key, raising=False)

@@ -8,8 +8,9 @@ import torch
 from accelerate import Accelerator
 
 from distgan.config import LossConfig, ModelConfig
+from distgan.generator.architectures import build_generator
+from distgan.training.discriminators import build_discriminator
 from distgan.training.gan_step import GANStep, noise_generator
-from distgan.training.models import build_discriminator, build_generator
 from distgan.training.networks import Networks
 from distgan.training.precision import Precision
 
@@ -21,7 +22,7 @@ def make_step(mode: str = "no", loss: str = "bce", device: str = "cpu"):
     acc = Accelerator(cpu=device == "cpu")
     torch.manual_seed(0)
     cfg = ModelConfig(arch="mlp", z_dim=8, g_hidden=[16], d_hidden=[16])
-    g, d = build_generator(cfg), build_discriminator(cfg)
+    g, d = build_generator(cfg, (1, 28, 28)), build_discriminator(cfg, (1, 28, 28))
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
     g, d, opt_g, opt_d = acc.prepare(g, d, opt_g, opt_d)

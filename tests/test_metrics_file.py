@@ -14,8 +14,8 @@ import time
 import pytest
 from conftest import PYTHON, REPO, child_env, run_cli
 
-from distgan.training.checkpoint import complete_checkpoints
-from distgan.training.metrics_file import MetricsFile, parse_lines, read_metrics
+from distgan.run.checkpoint import complete_checkpoints
+from distgan.run.metrics_file import MetricsFile, parse_lines, read_metrics
 
 DEBUG = "configs/debug.yaml"
 SCALARS = ("loss/d", "loss/g", "d/real", "d/fake", "perf/images_per_s", "grad_norm/d", "lr/g", "epoch")

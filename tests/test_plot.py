@@ -12,7 +12,7 @@ from conftest import run_cli
 from PIL import Image
 
 from distgan.plotting import load_curves, panels_for, plot_runs
-from distgan.training.metrics_file import MetricsFile, read_metrics
+from distgan.run.metrics_file import MetricsFile, read_metrics
 
 DEBUG = "configs/debug.yaml"
 

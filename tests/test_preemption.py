@@ -1,4 +1,4 @@
-"""Unit tests of distgan.training.preemption: signal parsing, the flag-only handler, Ctrl-C, the
+"""Unit tests of distgan.run.preemption: signal parsing, the flag-only handler, Ctrl-C, the
 interruptible block, the all-ranks agreement (2 gloo processes) and `scontrol requeue` (a fake scontrol on
 PATH). The end-to-end Ctrl-C runs are in test_faults_signals.py."""
 
@@ -18,7 +18,7 @@ from conftest import PYTHON, REPO, free_port
 from conftest import test_env as child_env  # not collected as a test
 
 from distgan.errors import UserError
-from distgan.training.preemption import (
+from distgan.run.preemption import (
     CTRL_C_MESSAGE,
     PreemptionWatcher,
     StopRequested,
@@ -99,7 +99,7 @@ def test_install_outside_main_thread_refused():
 
 def test_handler_overrides_an_inherited_sig_ign():
     """train.sbatch starts the launcher with USR1 ignored; the training process must still catch it."""
-    code = ("import os, signal; from distgan.training.preemption import PreemptionWatcher\n"
+    code = ("import os, signal; from distgan.run.preemption import PreemptionWatcher\n"
             "assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN\n"
             "w = PreemptionWatcher(['USR1']); w.install(); os.kill(os.getpid(), signal.SIGUSR1)\n"
             "print('flag', w.requested(None), w.signal_name)\n")
@@ -163,7 +163,7 @@ def test_ctrl_c_listed_in_requeue_signals_requeues():
 
 def test_an_inherited_ignored_sigint_stays_ignored_unless_listed():
     """`nohup`/a script's background job starts with SIGINT ignored: that choice is kept, unless INT is listed."""
-    code = ("import signal; from distgan.training.preemption import PreemptionWatcher\n"
+    code = ("import signal; from distgan.run.preemption import PreemptionWatcher\n"
             "w = PreemptionWatcher(['TERM']); w.install()\n"
             "print('default', signal.getsignal(signal.SIGINT) == signal.SIG_IGN); w.uninstall()\n"
             "w = PreemptionWatcher(['TERM', 'INT']); w.install()\n"
@@ -211,7 +211,7 @@ _AGREE = """
 import os, signal, sys
 from types import SimpleNamespace
 import torch, torch.distributed as dist
-from distgan.training.preemption import PreemptionWatcher
+from distgan.run.preemption import PreemptionWatcher
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
 acc = SimpleNamespace(num_processes=2, device=torch.device("cpu"))

@@ -14,7 +14,7 @@ from conftest import run_cli
 
 from distgan.data.idx import FILES, parse_idx
 from distgan.data.prepare import prepare
-from distgan.data.shards import MNIST_LAYOUT, read_shard
+from distgan.data.shards import Layout, read_shard
 from distgan.locks import LOCK_FILE
 
 README_MD5 = {  # ../shared/data/mnist/README.md
@@ -66,7 +66,7 @@ def test_shards_are_plain_webdataset(mnist_shards, mnist_raw):
     assert np.array_equal(images, want[:1000]) and np.array_equal(labels, want_labels[:1000])
     assert keys[:2] == ["test-000000", "test-000001"] and len(keys) == 1000
     # distgan's own reader (stdlib tarfile) sees exactly what webdataset sees.
-    all_images, all_labels, all_keys = read_shard(Path(url), MNIST_LAYOUT)
+    all_images, all_labels, all_keys = read_shard(Path(url), Layout((1, 28, 28)))
     assert all_images.shape == (5000, 1, 28, 28)
     assert np.array_equal(all_images[:, 0], np.concatenate(
         [np.frombuffer(p["images.u8"], np.uint8).reshape(-1, 28, 28) for p in packs]))

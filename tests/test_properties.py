@@ -48,8 +48,8 @@ from distgan.data.remote import FetchPolicy, open_dataset
 from distgan.data.shards import MANIFEST, read_manifest
 from distgan.data.sources import NPZ_ARRAYS, check_npz_arrays, npz_source
 from distgan.errors import UserError
+from distgan.generator.sampling import parse_labels
 from distgan.sweep import load_sweep
-from distgan.training.sampling import parse_labels
 
 # -- profiles --------------------------------------------------------------------------------------------
 

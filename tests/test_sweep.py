@@ -130,7 +130,7 @@ def _eval_rows(run_dir: Path, fids: list[float], *, nan_literals: bool) -> None:
     json.dumps lines in the same format that keep NaN/inf as the literals NaN/Infinity (MetricsFile writes
     null; another tool, an older distgan or a hand-edited file need not), which json.loads reads as floats.
     """
-    from distgan.training.metrics_file import MetricsFile
+    from distgan.run.metrics_file import MetricsFile
 
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": 4}}))

@@ -13,7 +13,7 @@ import pytest
 from conftest import PYTHON, REPO, child_env, run_cli, wandb_history
 from PIL import Image
 
-from distgan.training.metrics_file import read_metrics
+from distgan.run.metrics_file import read_metrics
 
 pytestmark = pytest.mark.slow  # real training runs
 

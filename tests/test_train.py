@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli, wandb_history, wandb_records
 from safetensors.torch import load_file
 
-from distgan.training.checkpoint import complete_checkpoints
+from distgan.run.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not slow"`)
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, accelerate_launch, wandb_history
 from test_train import assert_same_weights, final_weights
 
-from distgan.training.checkpoint import complete_checkpoints
+from distgan.run.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_two_processes_save_a_checkpoint_at_every_step(mnist_shards, tmp_path):
     """The checkpoint stress test for 2 processes (4 run on the two-node SLURM cluster, test_slurm.py): a save
     at every one of 300 steps, pruned to the newest two, never a failure; each rank makes durable only what
     it wrote, so no rank lists files that another is still renaming into place."""
-    from distgan.training.checkpoint import checkpoint_problem
+    from distgan.run.checkpoint import checkpoint_problem
 
     run = tmp_path / "run"
     proc = launch_train(mnist_shards, run, "train.steps=300", "checkpoint.every=1", "checkpoint.keep=2",

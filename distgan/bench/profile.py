@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from distgan.config import load_config
+from distgan.training.trainer import Trainer
 
 
 def _timed(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,7 +36,6 @@ def _timed(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Calla
 def profile_config(config: Path, *, steps: int, overrides: Sequence[str] = (), warmup: int = 20) -> dict[str, Any]:
     """Time the parts of `steps` iterations and one of each periodic job of `config`; print the table and return
     {"per_step": {part: seconds}, "periodic": {part: (seconds per call, interval)}}."""
-    from distgan.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="distgan-profile-") as tmp:
         cfg = load_config(config, [*overrides, f"run.dir={Path(tmp) / 'run'}", "resume=never", "wandb.mode=disabled",

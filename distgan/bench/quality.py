@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from distgan.atomic import write_json_atomic
+from distgan.collectives import needs_cpu_flag
+from distgan.config import load_config
 from distgan.errors import UserError
+from distgan.evaluation.report import score
+from distgan.run.checkpoint import BEST, STATE_FILE, resolve_checkpoint
+from distgan.run.resume import saved_config
 
 # The goals of the quality issue (default classifier, n = 10,000), per shipped config name:
 # key -> (comparison, bound). Configs not named here are measured without a goal.
@@ -123,10 +128,6 @@ def bench_quality(config: Path, *, seeds: Sequence[int], minutes: float, n: int,
     """Train and score `config` once per seed; print the table and the curves; return the results."""
     from accelerate import Accelerator
 
-    from distgan.collectives import needs_cpu_flag
-    from distgan.config import load_config
-    from distgan.evaluation.report import score
-    from distgan.training.checkpoint import BEST, STATE_FILE, resolve_checkpoint, saved_config
 
     cfg = load_config(config, list(overrides))  # fails here, with one line, on a bad config or override
     name = cfg.name or config.stem

@@ -12,15 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from distgan.config import load_config
-from distgan.data import build_loader
+from distgan.data import build_loader, dataset_info
 from distgan.errors import UserError
-from distgan.training.models import MLPDiscriminator, MLPGenerator
+from distgan.generator.architectures import MLPGenerator
+from distgan.training.discriminators import MLPDiscriminator
+from distgan.training.trainer import train
 
 
 def plain_loop(shards: Path, batch_size: int, steps: int, device: str, seed: int = 0) -> float:
     """The classic MNIST GAN script's loop (BCE-with-logits, Adam 2e-4/0.5): seconds its `steps` iterations took."""
     torch.manual_seed(seed)
-    generator, discriminator = MLPGenerator(100).to(device), MLPDiscriminator().to(device)
+    shape = dataset_info(shards).image_shape  # the classic script's widths, for the data's images
+    generator = MLPGenerator(100, (256, 512, 1024), shape).to(device)
+    discriminator = MLPDiscriminator((1024, 512, 256), shape).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     ones, zeros = torch.ones(batch_size, device=device), torch.zeros(batch_size, device=device)
@@ -54,7 +58,6 @@ def plain_loop(shards: Path, batch_size: int, steps: int, device: str, seed: int
 
 def distgan_loop(shards: Path, batch_size: int, steps: int, work: Path) -> float:
     """The distgan trainer on the seed MLP config, no logging: seconds its `steps` iterations took."""
-    from distgan.training.trainer import train
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mnist_mlp.yaml", [
         f"data.dir={shards}", f"run.dir={work}", f"train.steps={steps}", f"train.batch_size={batch_size}",

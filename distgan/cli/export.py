@@ -1,4 +1,4 @@
-"""`distgan export`: a checkpoint's EMA generator as a self-contained folder (distgan.training.export)."""
+"""`distgan export`: a checkpoint's EMA generator as a self-contained folder (distgan.generator.export)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgan.training.export import export_checkpoint, push_to_hub
+    from distgan.exporting import export_checkpoint
+    from distgan.generator.export import push_to_hub
 
     meta = export_checkpoint(args.checkpoint, args.out, onnx=args.onnx, scores_file=args.scores)
     shape = "x".join(map(str, meta["image_shape"]))

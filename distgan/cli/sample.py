@@ -1,4 +1,4 @@
-"""`distgan sample`: images from a checkpoint's EMA generator (distgan.training.sampling)."""
+"""`distgan sample`: images from a checkpoint's EMA generator (distgan.generator.sampling)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from distgan.training.sampling import write_samples
+from distgan.generator.loading import write_samples
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -136,12 +136,5 @@ def download_dataset(dataset: NamedDataset | str, dest_dir: str | os.PathLike[st
     return paths
 
 
-def download_mnist(dest_dir: str | os.PathLike[str], mirrors: Sequence[str], *,
-                   md5: Mapping[str, str] = OFFICIAL_MD5, timeout: float = 30.0,
-                   progress: bool = True) -> dict[str, Path]:
-    """MNIST's four files (download_dataset for "mnist")."""
-    return download_dataset(MNIST, dest_dir, mirrors, md5=md5, timeout=timeout, progress=progress)
-
-
 __all__ = ["OFFICIAL_MD5", "DEFAULT_MIRRORS", "MIRRORS_ENV", "resolve_mirrors", "content_matches",
-           "download_dataset", "download_mnist"]
+           "download_dataset"]

@@ -20,9 +20,9 @@ webdataset's per-sample tar and Python overhead; see the README's data section f
 
 Format version 2 records the shape [C, H, W] and the classes (at most 256: one-byte labels); version 3 is
 version 2 with two-byte labels (`sample.label_dtype` "uint16", members `labels.u16`) for 257..65,536
-classes, written only then, so that a distgan reading versions 1 and 2 refuses it in one line and every
-dataset of up to 256 classes stays byte-identical. Version 1 (MNIST only, format name
-"distgan-mnist-shards") is still read, as shape [1, 28, 28], 10 classes "0".."9".
+classes, written only then, so that a distgan reading only version 2 refuses it in one line and every
+dataset of up to 256 classes stays byte-identical. Version 1 (MNIST only, format name "distgan-mnist-shards",
+before the shape was recorded) is no longer read: `distgan prepare` rewrites it in one command.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from distgan.errors import UserError
 from distgan.hashing import file_sha256
 
 FORMAT = "distgan-shards"
-LEGACY_FORMAT = "distgan-mnist-shards"  # version 1
+LEGACY_FORMAT = "distgan-mnist-shards"  # version 1: known as distgan's (prepare may replace it), never read
 FORMAT_VERSION = 2  # written for up to BYTE_CLASSES classes (labels.u8)
 WIDE_FORMAT_VERSION = 3  # written for more classes: version 2 with uint16 labels (labels.u16)
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 PACK_BYTES = 1 << 20  # image bytes per pack, at most (a pack holds at least one image)
 MAX_PACK_IMAGES = 1000
@@ -63,7 +63,6 @@ SPLITS = ("train", "test")
 MEMBERS = ("images.u8", "labels.u8", "keys.txt")  # a pack's members with one-byte labels (Layout.members)
 IMAGE_BYTES = ROWS * COLS  # MNIST's
 MAX_KEY_BYTES = 64  # a sample key is `<split>-<index>`; anything longer is not ours
-MNIST_CLASSES = tuple(str(i) for i in range(10))
 
 
 @dataclass(frozen=True)
@@ -123,9 +122,6 @@ def label_bytes_for(num_classes: int | None) -> int:
     return 2
 
 
-MNIST_LAYOUT = Layout((1, ROWS, COLS))
-# MNIST's caps (format version 1; kept for callers that name them)
-MAX_MEMBER_BYTES: dict[str, int] = MNIST_LAYOUT.max_member_bytes
 # Used with fullmatch: with match, `$` also matches before a trailing "\n" ("train-000000.tar\n" passed).
 # [0-9], not \d: \d also takes other scripts' digits ("train-٠٠٠٠٠٠.tar").
 _SHARD_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<index>[0-9]{6,})\.tar")
@@ -152,7 +148,7 @@ def sample_key(split: str, index: int) -> str:
 # -- shards ---------------------------------------------------------------------------------------
 
 def write_shard(path: Path, split: str, images: np.ndarray, labels: np.ndarray, start: int,
-                layout: Layout = MNIST_LAYOUT) -> None:
+                layout: Layout) -> None:
     """Write images[i] (C x H x W, or H x W for one channel), labels[i] (global indices start + i) as one
     tar shard of packs of `layout.pack_size` images, atomically.
 
@@ -208,13 +204,6 @@ def _check_pack(sample: Mapping[str, Any], where: str, layout: Layout) -> tuple[
                         f"keys for {n} labels ({'x'.join(map(str, layout.shape))} images); the shard is corrupt, "
                         f"rerun `distgan prepare`")
     return labels, keys
-
-
-def decode_pack(sample: Mapping[str, Any], where: str,
-                layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode one pack (a webdataset-style sample dict) into images (n,C,H,W), labels (n,) and keys."""
-    labels, keys = _check_pack(sample, where, layout)
-    return np.frombuffer(sample["images.u8"], dtype=np.uint8).reshape(len(labels), *layout.shape), labels, keys
 
 
 def _corrupt(path: Path, what: str) -> UserError:
@@ -279,7 +268,7 @@ def _packs(path: Path, f: BinaryIO, file_size: int, layout: Layout) -> list[dict
     return packs
 
 
-def read_shard(path: Path, layout: Layout = MNIST_LAYOUT) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_shard(path: Path, layout: Layout) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a whole shard: images (n,C,H,W) uint8, labels (n,) of `layout.label_dtype`, keys.
 
     Every pack is checked (members present, sizes agreeing with its number of labels) before the image
@@ -411,20 +400,20 @@ def _validate_classes(path: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
-    """Check a loaded manifest (versions 1 to 3) completely; a one-line UserError naming `path` and the
+    """Check a loaded manifest (versions 2 and 3) completely; a one-line UserError naming `path` and the
     bad field."""
     out = path.parent
     if not is_distgan_manifest(manifest):
         raise UserError(f"{path}: not a distgan shard manifest; rerun `distgan prepare --out {out}`")
     version = manifest.get("version")
-    if version not in READABLE_VERSIONS or (version == 1) != (manifest["format"] == LEGACY_FORMAT):
+    if version not in READABLE_VERSIONS or manifest["format"] != FORMAT:
         readable = f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}"
         raise UserError(f"{path}: manifest format version {version!r}, this distgan reads versions {readable}; "
                         f"rerun `distgan prepare --out {out}` (or use the distgan that wrote it)")
     if _INCOMPLETE in manifest:
         raise UserError(f"{path}: `distgan prepare` did not finish writing {out} (interrupted, or still "
                         f"running); rerun `distgan prepare --out {out}`")
-    keys = ("sample", "shard_size", "source", "splits", "totals") + (("classes",) if version >= 2 else ())
+    keys = ("sample", "shard_size", "source", "splits", "totals", "classes")
     for key in keys:
         if key not in manifest:
             raise _field(path, key, "is missing")
@@ -446,23 +435,18 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
             **{name: e["count"] for name, e in splits.items()}}
     if totals != want:
         raise _field(path, "totals", f"is {totals!r} but the splits add up to {want!r}")
-    if version >= 2:
-        _validate_classes(path, manifest)
+    _validate_classes(path, manifest)
     return manifest
 
 
 def manifest_layout(manifest: Mapping[str, Any]) -> Layout:
-    """The Layout of a validated manifest (version 1: MNIST's; version 3: two-byte labels)."""
-    if manifest["version"] == 1:
-        return MNIST_LAYOUT
+    """The Layout of a validated manifest (version 3: two-byte labels)."""
     label_bytes = 2 if manifest["version"] == WIDE_FORMAT_VERSION else 1
     return Layout(tuple(manifest["sample"]["shape"]), label_bytes)  # type: ignore[arg-type]
 
 
 def manifest_classes(manifest: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """Class names of a validated manifest; None for an unlabelled dataset (version 1: "0".."9")."""
-    if manifest["version"] == 1:
-        return MNIST_CLASSES
+    """Class names of a validated manifest; None for an unlabelled dataset."""
     classes = manifest["classes"]
     return None if classes is None else tuple(classes["names"])
 
@@ -483,7 +467,7 @@ def is_distgan_manifest(obj: Any) -> bool:
 
 
 def read_manifest(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load DIR/manifest.json and validate all of it (versions 1 to 3); a one-line UserError if absent or
+    """Load DIR/manifest.json and validate all of it (versions 2 and 3); a one-line UserError if absent or
     unusable."""
     path = Path(out) / MANIFEST
     return validate_manifest(path, load_manifest_json(path))
@@ -535,7 +519,7 @@ def verify_split(out: Path, manifest: Mapping[str, Any], split: str) -> None:
 __all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "WIDE_FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST",
            "PACK_BYTES", "MAX_PACK_IMAGES", "PACK_SIZE", "MAX_SIDE", "CHANNELS", "UNLABELLED", "BYTE_CLASSES",
            "MAX_CLASSES", "check_num_classes", "label_bytes_for", "SPLITS", "MEMBERS",
-           "IMAGE_BYTES", "MAX_MEMBER_BYTES", "Layout", "MNIST_LAYOUT", "MNIST_CLASSES", "shard_name",
-           "is_shard_name", "sample_key", "write_shard", "read_shard", "decode_pack", "validate_manifest",
+           "IMAGE_BYTES", "Layout", "shard_name",
+           "is_shard_name", "sample_key", "write_shard", "read_shard", "validate_manifest",
            "manifest_layout", "manifest_classes", "load_manifest_json", "is_distgan_manifest", "read_manifest",
            "write_manifest", "write_incomplete_manifest", "verify_split"]

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distgan.atomic import write_bytes_atomic
+from distgan.data.splits import load_split_images, split_fingerprint
 from distgan.errors import UserError
+from distgan.evaluation.metrics import FeatureSet, compute_metrics, inception_score
 from distgan.hashing import state_dict_sha256
 from distgan.pixels import MNIST_SHAPE, to_signed
 
@@ -91,7 +93,7 @@ class FeatureClassifier(nn.Module):
 
     num_features = NUM_FEATURES
 
-    def __init__(self, input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, input_shape: Sequence[int], num_classes: int) -> None:
         super().__init__()
         self.input_shape: tuple[int, int, int] = check_input_shape(input_shape)
         if int(num_classes) < 2:
@@ -117,8 +119,6 @@ class FeatureClassifier(nn.Module):
         """Logits (B, K)."""
         return self.embed(x)[1]
 
-
-MnistClassifier = FeatureClassifier  # the older name; with no arguments it is the (1, 28, 28), 10-class LeNet
 
 
 def image_shape(images: torch.Tensor | np.ndarray) -> tuple[int, int, int]:
@@ -268,6 +268,7 @@ def load_classifier_file(path: str | Path) -> tuple[FeatureClassifier, dict[str,
     if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, *OLD_FORMATS):
         raise UserError(f"{path} is not a distgan classifier file (format {FORMAT}); "
                         f"retrain it with `distgan train-classifier`")
+    # Files of the first format (OLD_FORMATS) are MNIST's: written before input_shape and num_classes were recorded.
     shape, k = blob.get("input_shape", list(MNIST_SHAPE)), blob.get("num_classes", NUM_CLASSES)
     try:
         model = FeatureClassifier(shape, k)
@@ -307,8 +308,6 @@ def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, e
     sha256, input shape, K, class names (given, else from the manifest when it records them), the test
     features and the reference scores of real data. Returns {"path", "sha256", "accuracy", "seconds",
     "reference", "reference_test_is", "test_size", "input_shape", "num_classes", "class_names"}."""
-    from distgan.evaluation.evaluate import load_split_images, split_fingerprint
-    from distgan.evaluation.metrics import FeatureSet, compute_metrics, inception_score
 
     shards = Path(shards)
     for split in ("train", "test"):

@@ -8,14 +8,12 @@ returns the same dict. The real test split's features are cached in the classifi
 only generating and featurizing the samples plus the metric maths (a few seconds for n = 10,000).
 
 A class-conditional generator is sampled for labels in the training set's class frequencies
-(distgan.training.sampling.eval_labels), and its scores add label_accuracy and intra_fid, computed against
+(distgan.generator.sampling.eval_labels), and its scores add label_accuracy and intra_fid, computed against
 the real test images of each class (their labels are saved in the classifier file as `test_labels`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distgan.data.splits import load_split_images, split_fingerprint
 from distgan.errors import UserError
 from distgan.evaluation.classifier import (
     FeatureClassifier,
@@ -34,8 +33,8 @@ from distgan.evaluation.classifier import (
     to_input,
 )
 from distgan.evaluation.metrics import FeatureSet, compute_metrics
+from distgan.generator.sampling import class_freqs_of, eval_labels, fixed_noise, num_classes_of
 from distgan.pixels import to_uint8
-from distgan.training.sampling import class_freqs_of, eval_labels, fixed_noise, num_classes_of
 
 StopCheck = Callable[[], bool]
 
@@ -105,44 +104,6 @@ def load_classifier(path: str | Path) -> Classifier:
 def classifier_sha256(path: str | Path) -> str:
     """The weight hash named in every report of scores computed with this classifier."""
     return load_classifier(path).sha256
-
-
-def split_fingerprint(split_dir: str | Path) -> str | None:
-    """SHA-256 of a prepared split's shard list (names and sha256s from manifest.json); None if unreadable."""
-    split_dir = Path(split_dir)
-    try:
-        manifest = json.loads((split_dir.parent / "manifest.json").read_text())
-        shards = manifest["splits"][split_dir.name]["shards"]
-        listing = [(str(s["name"]), str(s["sha256"])) for s in shards]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
-def canonical_images(images: np.ndarray, what: str) -> np.ndarray:
-    """uint8 images as evaluation holds them: N x H x W for one channel, N x C x H x W (C = 3) for colour.
-
-    Accepts N x H x W (one channel) and N x C x H x W with C in {1, 3} (the channel axis of one-channel
-    images is dropped, as distgan.pixels.to_uint8 does); UserError otherwise."""
-    if images.ndim == 4 and images.shape[1] == 1:
-        return images[:, 0]
-    if images.ndim == 3 or (images.ndim == 4 and images.shape[1] == 3):
-        return images
-    raise UserError(f"{what}: images have shape {tuple(images.shape)}; expected N x H x W or N x C x H x W "
-                    f"with C in {{1, 3}}")
-
-
-def load_split_images(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images, int64 labels) of a prepared split, via distgan.data.load_split: images N x H x W
-    for one channel (as the loader returns (N, H, W), or (N, 1, H, W)), N x 3 x H x W for colour."""
-    from distgan.data import load_split
-
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise UserError(f"split directory {split_dir} not found; pass --shards DIR, the output of "
-                        f"`distgan prepare` (with DIR/train and DIR/test)")
-    images, labels = load_split(split_dir)
-    return canonical_images(np.asarray(images), str(split_dir)), np.asarray(labels)
 
 
 def real_features(clf: Classifier, test_split: str | Path | None) -> FeatureSet:

@@ -11,8 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from distgan.atomic import write_bytes_atomic
+from distgan.collectives import on_main
+from distgan.data.remote import default_cache_root
 from distgan.data.sources import check_npz_arrays
+from distgan.data.splits import load_split_images, split_fingerprint
 from distgan.errors import UserError
+from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier
+from distgan.evaluation.inception import WEIGHTS_SHA256, inception_features, load_inception
+from distgan.evaluation.metrics import fid, kid, precision_recall
+from distgan.generator.loading import load_generator
+from distgan.generator.sampling import class_freqs_of, eval_labels, num_classes_of, sample_images
 from distgan.pixels import MNIST_SHAPE
 
 FORMAT_HINT = ("save uint8 images N x H x W (grayscale) or N x H x W x 3 (colour) with "
@@ -57,17 +66,15 @@ def _read_npz(path: Path, with_labels: bool) -> tuple[np.ndarray, np.ndarray | N
     return images, labels
 
 
-def load_samples(path: str | Path, n: int | None = None,
-                 expected: tuple[int, int, int] | None = MNIST_SHAPE) -> np.ndarray:
+def load_samples(path: str | Path, n: int | None, expected: tuple[int, int, int] | None) -> np.ndarray:
     """The first n uint8 images of an .npz with key `images`, checked against the classifier's input shape
-    `expected` = (C, H, W) (default MNIST's; None: any size). Accepts N x H x W, N x 1 x H x W,
+    `expected` = (C, H, W) (None: any size). Accepts N x H x W, N x 1 x H x W,
     N x H x W x 3 and N x 3 x H x W; returns N x H x W (one channel) or N x 3 x H x W. UserError (one
     line, naming the file's shape and the classifier's) if malformed."""
     return load_labelled_samples(path, n, expected, with_labels=False)[0]
 
 
-def load_labelled_samples(path: str | Path, n: int | None = None,
-                          expected: tuple[int, int, int] | None = MNIST_SHAPE, *,
+def load_labelled_samples(path: str | Path, n: int | None, expected: tuple[int, int, int] | None, *,
                           with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """load_samples, plus the first n of the file's `labels` (int64 (N,), the classes the images were
     generated for, as `distgan sample` writes for a conditional G), or None when the file has none."""
@@ -197,7 +204,6 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
     `reference` (real train vs test), `source`, `real` (what the samples were compared with) and
     `num_processes`; the same dict on every rank.
     """
-    from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier
 
     if n < 2:
         raise UserError(f"--n must be at least 2, got {n}")
@@ -211,7 +217,6 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
         source = f"{len(images)} {'labelled ' if labels is not None else ''}images from {samples}"
         scores = evaluate_images(accelerator, images, labels=labels, **common)
     else:
-        from distgan.training.sampling import load_generator
 
         generator, _ = load_generator(checkpoint, accelerator.device)
         source = f"{n} samples (seed {seed}) from {checkpoint}"
@@ -231,7 +236,6 @@ def score_inception(accelerator: Any, *, shards: str | Path, checkpoint: str | P
     seeded random subset when the split is larger). The main process computes; every rank returns the
     same dict. The real features are cached under ~/.cache/distgan/inception/, keyed by the split's
     fingerprint, the weights' sha256, n and the seed, so they are computed once per dataset."""
-    from distgan.collectives import on_main
 
     if n < 2:
         raise UserError(f"--n must be at least 2, got {n}")
@@ -248,10 +252,6 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
 
     import torch
 
-    from distgan.data.remote import default_cache_root
-    from distgan.evaluation.evaluate import load_split_images, split_fingerprint
-    from distgan.evaluation.inception import WEIGHTS_SHA256, inception_features, load_inception
-    from distgan.evaluation.metrics import fid, kid, precision_recall
 
     test_split = shards / "test"
     if not test_split.is_dir():
@@ -261,7 +261,6 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
         images = load_samples(samples, n, expected=None)
         source = f"{len(images)} images from {samples}"
     else:
-        from distgan.training.sampling import class_freqs_of, eval_labels, load_generator, num_classes_of, sample_images
 
         generator, _ = load_generator(checkpoint, device)
         labels = eval_labels(class_freqs_of(generator), n, seed) if num_classes_of(generator) else None
@@ -286,7 +285,6 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
         real = inception_features(real_images, batch_size=batch_size, device=device)
         import io
 
-        from distgan.atomic import write_bytes_atomic
 
         buf = io.BytesIO()
         torch.save({"key": key, "features": real}, buf)

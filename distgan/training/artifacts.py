@@ -1,7 +1,7 @@
 """W&B artifacts: the EMA generator as a `model` artifact (aliases `latest`, and `best` for the best FID) and
 the evaluation classifier as a `classifier` artifact that the model artifacts and scores name.
 
-Each model artifact is an export folder (distgan.training.export: model.safetensors, config.json, model card,
+Each model artifact is an export folder (distgan.generator.export: model.safetensors, config.json, model card,
 samples), so a downloaded artifact loads with `load_generator(folder)` or `distgan sample --checkpoint
 folder`. One artifact per run, `generator-<run id>`, with a version per save: a step checkpoint's version gets
 the aliases `latest` and `step-N`, the best one `best` and `step-N` (W&B moves an alias to the newest
@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from distgan.config import Config
-from distgan.training.tracker_guard import GuardedTracker, guarded
+from distgan.generator.export import manifest_sha256, write_export
+from distgan.hashing import file_sha256
+from distgan.run.tracker_guard import GuardedTracker, guarded
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,6 @@ class ModelArtifacts:
         self.name = f"generator-{run.id}"
         self.classifier: dict[str, str] | None = None
         self.tracker: GuardedTracker | None = None  # once W&B has stopped working, artifacts stop quietly
-        from distgan.training.export import manifest_sha256
 
         self.data_manifest_sha256 = manifest_sha256(cfg.data.dir)
 
@@ -73,7 +74,6 @@ class ModelArtifacts:
         """The evaluation classifier: an input of an online run, logged by an offline one."""
         import wandb
 
-        from distgan.hashing import file_sha256
 
         metadata = {"sha256": sha256, "file_sha256": file_sha256(path)}  # sha256: of the weights, as reports name it
         artifact = wandb.Artifact(CLASSIFIER_NAME, type=CLASSIFIER_TYPE, metadata=metadata,
@@ -101,7 +101,6 @@ class ModelArtifacts:
                        checkpoint: Path | None) -> None:
         import wandb
 
-        from distgan.training.export import write_export
 
         clf = self.classifier or {}
         tmp = Path(tempfile.mkdtemp(prefix="distgan-artifact-"))

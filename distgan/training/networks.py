@@ -11,10 +11,10 @@ import torch
 from accelerate.utils import set_seed
 
 from distgan.config import Config, TrainConfig
-from distgan.pixels import MNIST_SHAPE
+from distgan.generator.architectures import build_generator
+from distgan.training.discriminators import build_discriminator
 from distgan.training.ema import EMA
 from distgan.training.grad_sync import register_canonical_allreduce
-from distgan.training.models import build_discriminator, build_generator
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ def build_networks(cfg: Config, accelerator: Any, class_freqs: Sequence[float] |
     A conditional G keeps `class_freqs` (the train split's class frequencies) to draw its fake labels from.
     """
     set_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    shape = cfg.model.image_shape or MNIST_SHAPE
+    if cfg.model.image_shape is None:
+        raise ValueError("model.image_shape is not set: the trainer fills it in from the dataset's manifest")
+    shape = cfg.model.image_shape
     g, d = build_generator(cfg.model, shape), build_discriminator(cfg.model, shape)
     if g.num_classes:
         if class_freqs is None or len(class_freqs) != g.num_classes:

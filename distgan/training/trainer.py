@@ -26,25 +26,19 @@ from distgan.data.info import DatasetInfo, dataset_info
 from distgan.data.remote import is_remote, open_dataset
 from distgan.data.stream import BatchStream
 from distgan.errors import UserError
+from distgan.evaluation.evaluate import EvaluationAbandoned, classifier_sha256, evaluate_generator
+from distgan.generator.grids import fixed_grid, save_png
+from distgan.run.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from distgan.run.metrics_file import MetricsFile
+from distgan.run.preemption import PreemptionWatcher
+from distgan.run.run_dir import RunDir, resolve_run_path
+from distgan.run.tracking import describe_wandb_run, log_image, resolve_mode, start_tracking, tracker_list
 from distgan.training.artifacts import ModelArtifacts
-from distgan.training.checkpoint import BEST, TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from distgan.training.gan_step import GANStep
 from distgan.training.grad_sync import DDP_BUCKET_CAP_MB
-from distgan.training.metrics_file import MetricsFile
 from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
-from distgan.training.preemption import PreemptionWatcher
-from distgan.training.run_dir import RunDir, resolve_run_path
-from distgan.training.sampling import fixed_grid
 from distgan.training.scalar_log import ScalarLog
-from distgan.training.tracking import (
-    describe_wandb_run,
-    log_image,
-    resolve_mode,
-    save_png,
-    start_tracking,
-    tracker_list,
-)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +162,6 @@ class Trainer:
         """The feature classifier for in-training evaluation and its sha256, checked before anything starts."""
         if not self.cfg.eval.every:
             return None, None
-        from distgan.evaluation.evaluate import classifier_sha256
 
         if self.cfg.eval.classifier is None and is_remote(self.data_dir):
             raise UserError(f"eval.every={self.cfg.eval.every} with a remote data.dir needs a local classifier: "
@@ -287,7 +280,6 @@ class Trainer:
     def _evaluate(self) -> bool:
         """Collective: score EMA G, log under eval/, and keep the best checkpoint by FID. False when a stop
         signal ended the evaluation early (no scores, no `best`): the caller saves and stops."""
-        from distgan.evaluation.evaluate import EvaluationAbandoned, evaluate_generator
 
         cfg, acc = self.cfg, self.acc
         try:

@@ -44,16 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from accelerate.utils import RNG_STATE_NAME
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from distgan.atomic import WriteError, fixable_errno, fsync_path, write_error, write_file_durably
-from distgan.config import Config, config_from_dict, load_yaml_text
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
-from distgan.pixels import MNIST_SHAPE
 
 log = logging.getLogger(__name__)
 
@@ -457,18 +454,3 @@ def load_checkpoint(accelerator: Any, path: Path, *, ema: Any, precision: Any) -
                         "use an earlier checkpoint") from e
 
 
-def saved_config(path: Path) -> Config:
-    """The config a checkpoint was trained with, validated like any config; checkpoints from before
-    `model.image_shape` was saved are MNIST's (1, 28, 28)."""
-    file = Path(path) / CONFIG_FILE
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from e
-    try:
-        data = load_yaml_text(text, str(file))  # bounded: a checkpoint's config.yaml is user input too
-    except yaml.YAMLError:
-        raise UserError(f"{file} is not valid YAML; use an earlier checkpoint") from None
-    cfg = config_from_dict(data, source=str(file))
-    cfg.model.image_shape = cfg.model.image_shape or list(MNIST_SHAPE)
-    return cfg

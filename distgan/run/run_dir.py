@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -13,25 +14,13 @@ import torch
 
 from distgan.atomic import write_json_atomic, write_text_atomic
 from distgan.collectives import on_main, sync_buffers
-from distgan.config import (
-    AUTO_RUN_DIR,
-    Config,
-    auto_run_dir,
-    describe_conflicts,
-    dump_config,
-    model_fingerprint,
-)
+from distgan.config import AUTO_RUN_DIR, Config, dump_config
 from distgan.errors import UserError
 from distgan.hashing import state_dict_sha256
 from distgan.locks import DirLock
-from distgan.training.checkpoint import (
-    checkpoint_problem,
-    complete_checkpoints,
-    latest_checkpoint,
-    resolve_checkpoint,
-    saved_config,
-)
-from distgan.training.preemption import slurm_job_id
+from distgan.run.checkpoint import complete_checkpoints, latest_checkpoint, resolve_checkpoint
+from distgan.run.preemption import slurm_job_id
+from distgan.run.resume import check_same_model, describe_conflicts, refuse_all_damaged, saved_config
 
 
 class RunDir:
@@ -71,7 +60,7 @@ class RunDir:
         if cfg.resume == "auto":
             ckpt = latest_checkpoint(self.path, warn=self.acc.is_main_process)
             if ckpt is None:
-                _refuse_all_damaged(self.path)
+                refuse_all_damaged(self.path)
                 return None
             # An automatic resume must continue the same experiment: a new run with other hyperparameters
             # on an old run.dir would otherwise silently pick up its checkpoint (and may stop at once).
@@ -80,7 +69,7 @@ class RunDir:
                 raise UserError(problem)
         else:  # an explicit checkpoint: only the networks and the loss must match; new values are on purpose
             ckpt = resolve_checkpoint(cfg.resume)
-            _check_same_model(cfg, saved_config(ckpt), ckpt)
+            check_same_model(cfg, saved_config(ckpt), ckpt)
         return ckpt
 
     def write_config(self, cfg: Config) -> None:
@@ -131,25 +120,13 @@ def _claim_new_run_dir(name: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _refuse_all_damaged(path: Path) -> None:
-    """UserError if `path` has sealed checkpoints but none is intact: starting from step 0 over them would
-    quietly throw a run away, so a fresh start must be asked for."""
-    existing = complete_checkpoints(path, warn=False)
-    if not existing:
-        return
-    newest = existing[-1][1]
-    problem = checkpoint_problem(newest, warn=False) or "it cannot be verified"
-    raise UserError(f"cannot resume {path}: none of its {len(existing)} checkpoint(s) is intact (the newest, "
-                    f"{newest.name}: {problem}); to start from step 0 on purpose, use a new run.dir (resume=never "
-                    f"makes sure it is new), or delete the damaged checkpoints in {newest.parent}")
+def auto_run_dir(config_path_stem: str, job_id: str | None, timestamp: str) -> str:
+    """`run.dir: auto` -> `runs/<config name>-<SLURM job id, else timestamp>`.
 
+    Pass the SLURM job id (`SLURM_JOB_ID`, or `<array job id>_<task id>`) so that a requeued job, which keeps
+    its id, finds and resumes its own directory; outside SLURM the timestamp makes each run new.
+    """
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
-def _check_same_model(cfg: Config, saved: Config, where: Path) -> None:
-    wanted, had = model_fingerprint(cfg), model_fingerprint(saved)
-    if had != wanted:
-        diffs = [k for k in wanted["model"] if wanted["model"][k] != had["model"].get(k)]
-        if wanted["loss.kind"] != had["loss.kind"]:
-            diffs.append("loss.kind")
-        keys = ", ".join(k if k == "loss.kind" else f"model.{k}" for k in diffs)
-        raise UserError(f"cannot resume {where}: it was trained with a different {keys}; "
-                        "use a new run.dir (or the original config)")
+    return f"runs/{clean(config_path_stem)}-{clean(job_id if job_id else timestamp)}"

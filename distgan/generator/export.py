@@ -30,11 +30,9 @@ import re
 import shutil
 import socket
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image
@@ -42,8 +40,10 @@ from PIL import Image
 from distgan.atomic import fsync_path, write_file_durably
 from distgan.config import Config, config_from_dict, dump_config, load_yaml_text
 from distgan.errors import UserError
+from distgan.generator.architectures import build_generator
+from distgan.generator.grids import fixed_grid
+from distgan.generator.sampling import cycle_labels, fixed_noise, num_classes_of
 from distgan.hashing import file_sha256
-from distgan.pixels import MNIST_SHAPE
 
 FORMAT = "distgan-generator/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -86,7 +86,6 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """The generator (eval mode) and config of an export folder; weights checked against config.json."""
     from safetensors.torch import load_file
 
-    from distgan.training.models import build_generator
 
     path = Path(path)
     meta = read_export_config(path)
@@ -115,15 +114,13 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
 
 def generator_image_shape(generator: torch.nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) of a generator's images: its `image_shape` attribute, else MNIST's."""
-    shape = getattr(generator, "image_shape", None)
-    return tuple(int(v) for v in shape) if shape is not None else MNIST_SHAPE
+    """(C, H, W) of a generator's images (every distgan generator has `image_shape`)."""
+    return tuple(int(v) for v in generator.image_shape)
 
 
 def sample_grid(generator: torch.nn.Module, grid_size: int = 8, seed: int = 0) -> Image.Image:
     """A grid_size x grid_size grid of samples of `generator` (noise from `seed`), grayscale or RGB; for a
     conditional generator, one row of grid_size samples per class."""
-    from distgan.training.sampling import fixed_grid
 
     grid = fixed_grid(generator, grid_size, seed)
     return Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB")
@@ -135,25 +132,8 @@ def manifest_sha256(data_dir: str | Path) -> str | None:
     return file_sha256(path) if path.is_file() else None
 
 
-def metrics_at(run_dir: Path, step: int) -> dict[str, float]:
-    """The `eval/*` scores logged at `step` in RUN_DIR/metrics.jsonl (without the prefix); {} if none."""
-    path = run_dir / "metrics.jsonl"
-    found: dict[str, float] = {}
-    if not path.is_file():
-        return found
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if isinstance(row, dict) and row.get("step") == step:
-            found.update({k[5:]: v for k, v in row.items() if k.startswith("eval/") and isinstance(v, int | float)})
-    return found
-
-
 def onnx_inputs(generator: torch.nn.Module, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Example inputs of the ONNX graph by name: `z` (batch, z_dim) and, for a conditional G, `labels` (batch,)."""
-    from distgan.training.sampling import cycle_labels, fixed_noise, num_classes_of
 
     inputs = {"z": fixed_noise(batch, int(generator.z_dim), seed)}
     if num_classes_of(generator):
@@ -371,57 +351,6 @@ def write_export(out: str | Path, generator: torch.nn.Module, cfg: Config, *, st
     return meta
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = False,
-                      scores_file: str | Path | None = None) -> dict[str, Any]:
-    """Export the EMA G of a checkpoint (or a run directory's latest, or an earlier export) to `out`.
-
-    Scores come from `scores_file` (the JSON of `distgan eval --json`), else from RUN_DIR/metrics.jsonl at
-    the checkpoint's step; the classifier's sha256 from the scores file, else from the config's classifier
-    file if it is here; the data manifest's sha256 from the config's data.dir if it is here.
-    """
-    from distgan.training.checkpoint import STATE_FILE, resolve_checkpoint
-    from distgan.training.sampling import load_generator
-
-    out, src = Path(out), Path(checkpoint)
-    check_out_dir(out)
-    if out.exists() and src.exists() and out.resolve() == src.resolve():
-        raise UserError(f"--out {out} is the folder being exported; choose another")
-    generator, cfg = load_generator(src)
-    scores: dict[str, Any] = {}
-    step, source, classifier = None, str(src), None
-    if is_export_dir(src):
-        meta = read_export_config(src)
-        step, scores, classifier = meta.get("step"), dict(meta.get("scores") or {}), meta.get("classifier_sha256")
-        manifest = meta.get("data_manifest_sha256")
-    else:
-        ckpt = resolve_checkpoint(src)
-        source = str(ckpt)
-        try:
-            step = int(json.loads((ckpt / STATE_FILE).read_text())["state"]["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            step = None
-        if step is not None:
-            scores = metrics_at(ckpt.parent.parent, step)
-        manifest = manifest_sha256(cfg.data.dir)
-        clf = Path(cfg.eval.classifier or Path(cfg.data.dir) / "classifier.pt")
-        if scores and clf.is_file():
-            from distgan.evaluation.evaluate import classifier_sha256  # the hash every report names
-
-            classifier = classifier_sha256(clf)
-    if scores_file is not None:
-        try:
-            loaded = json.loads(Path(scores_file).read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"--scores {scores_file}: cannot read it as JSON "
-                            f"({getattr(e, 'strerror', None) or e})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"--scores {scores_file}: expected the JSON object of `distgan eval --json`")
-        classifier = loaded.get("classifier_sha256") or classifier
-        scores = {k: v for k, v in loaded.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return write_export(out, generator, cfg, step=step, scores=scores, classifier_sha256=classifier,
-                        data_manifest_sha256=manifest, source=source, onnx=onnx)
-
-
 def push_to_hub(folder: str | Path, repo: str, *, private: bool = False) -> str:
     """Upload an export folder to the Hugging Face Hub model repo `repo`; returns its URL.
 
@@ -448,25 +377,5 @@ def push_to_hub(folder: str | Path, repo: str, *, private: bool = False) -> str:
     return str(url)
 
 
-def onnx_parity(folder: str | Path, batch_sizes: Sequence[int] = (1, 5), seed: int = 0) -> float:
-    """Largest |ONNX Runtime - PyTorch| over the images of an export folder's generator.onnx and weights."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError(f"onnxruntime is not installed: {EXPORT_EXTRA_HINT}") from None
-    g, _ = load_exported(folder)
-    session = ort.InferenceSession(str(Path(folder) / ONNX_FILE), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for b in batch_sizes:
-        inputs = onnx_inputs(g, b, seed + b)
-        with torch.no_grad():
-            ref = g(*inputs.values()).numpy()
-        got = session.run(["images"], {k: v.numpy() for k, v in inputs.items()})[0]
-        if got.shape != ref.shape:
-            raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
-        worst = max(worst, float(np.abs(got - ref).max()))
-    return worst
-
-
-__all__ = ["FORMAT", "export_checkpoint", "export_onnx", "is_export_dir", "load_exported", "model_card",
-           "onnx_parity", "push_to_hub", "read_export_config", "write_export"]
+__all__ = ["FORMAT", "export_onnx", "is_export_dir", "load_exported", "model_card",
+           "push_to_hub", "read_export_config", "write_export"]

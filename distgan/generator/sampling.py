@@ -1,45 +1,21 @@
-"""`distgan sample`: images from a checkpoint's EMA generator, and the helpers to load and run it.
+"""Running a generator: its noise, its labels and its images.
 
 A class-conditional generator (`num_classes` K > 0) takes labels (B,) in 0..K-1 beside z; `parse_labels`
-reads `--labels all|K|K1,K2,...`, `eval_labels` draws labels in the training set's class frequencies,
-and `class_grid` / `grid_inputs` lay samples out one row per class.
+reads `--labels all|K|K1,K2,...`, `eval_labels` draws labels in the training set's class frequencies.
+Grids of samples are in `distgan.generator.grids`, loading a G from its files in `distgan.generator.loading`.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from distgan.atomic import write_bytes_atomic
-from distgan.config import Config
 from distgan.errors import UserError
 from distgan.pixels import to_uint8
-from distgan.training.checkpoint import EMA_FILE, resolve_checkpoint, saved_config
-from distgan.training.models import build_generator
-from distgan.training.tracking import grid_image, save_png
 
 LabelsLike = torch.Tensor | np.ndarray | Sequence[int]
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
-    """The EMA generator (eval mode) and config of a checkpoint directory, a run directory's latest, or a
-    folder written by `distgan export` (distgan.training.export). A conditional G is rebuilt from the saved
-    `model.conditional`/`model.num_classes`; its class frequencies come with its weights."""
-
-    from distgan.training.export import is_export_dir, load_exported
-
-    if is_export_dir(path):
-        return load_exported(path, device)
-    ckpt = resolve_checkpoint(path)
-    cfg = saved_config(ckpt)
-    g = build_generator(cfg.model, cfg.model.image_shape)
-    g.load_state_dict(load_file(str(ckpt / EMA_FILE)))
-    return g.to(device).eval(), cfg
 
 
 def num_classes_of(generator: torch.nn.Module) -> int:
@@ -159,72 +135,3 @@ def generate_images(generator: torch.nn.Module, z: torch.Tensor, labels: LabelsL
     return images.permute(0, 2, 3, 1).contiguous() if images.dim() == 4 else images
 
 
-def class_grid(images: np.ndarray | torch.Tensor, labels: LabelsLike, pad: int = 2) -> np.ndarray:
-    """A uint8 grid (grid_image's layout) with one row per class present in `labels`, in class order: the
-    images of each class in their given order (a stable sort by label), as many columns as the largest
-    class has images, empty cells black."""
-    images = np.asarray(images)
-    y = np.asarray(labels).astype(np.int64)
-    if len(y) != len(images):
-        raise ValueError(f"{len(images)} images but {len(y)} labels")
-    if len(y) == 0:
-        return grid_image(images, nrow=1, pad=pad)
-    order = np.argsort(y, kind="stable")
-    classes, first, counts = np.unique(y[order], return_index=True, return_counts=True)
-    ncol = int(counts.max())
-    cells = np.zeros((len(classes) * ncol, *images.shape[1:]), dtype=images.dtype)
-    for row, (start, count) in enumerate(zip(first, counts, strict=True)):
-        cells[row * ncol: row * ncol + count] = images[order[start:start + count]]
-    return grid_image(cells, nrow=ncol, pad=pad)
-
-
-GRID_MAX_CLASSES = 32  # rows of a conditional sample grid
-
-
-def grid_inputs(generator: torch.nn.Module, grid_size: int, z_dim: int, seed: int) -> tuple[torch.Tensor,
-                                                                                             torch.Tensor | None]:
-    """The fixed inputs of the trainer's sample grid: for a conditional G, one row of `grid_size` per class
-    (at most GRID_MAX_CLASSES rows, evenly spaced classes beyond: 1,000 classes would make a grid of 8,000
-    images), noise `fixed_noise(rows * grid_size, z_dim, seed)`; else grid_size**2 noise rows and None."""
-    k = num_classes_of(generator)
-    if k == 0:
-        return fixed_noise(grid_size**2, z_dim, seed), None
-    classes = torch.arange(k) if k <= GRID_MAX_CLASSES else torch.linspace(0, k - 1, GRID_MAX_CLASSES).round().long()
-    return fixed_noise(len(classes) * grid_size, z_dim, seed), classes.repeat_interleave(grid_size)
-
-
-def samples_grid(images: np.ndarray, labels: LabelsLike | None) -> np.ndarray:
-    """The grid of `distgan sample`: one row per class for labelled samples, else square-ish."""
-    if labels is not None:
-        return class_grid(images, labels)
-    return grid_image(images, nrow=int(np.ceil(np.sqrt(len(images)))))
-
-
-def fixed_grid(generator: torch.nn.Module, grid_size: int, seed: int) -> np.ndarray:
-    """The uint8 grid of `generator` on `grid_inputs(generator, grid_size, z_dim, seed)`: grid_size x grid_size
-    samples, or one row of grid_size per class for a conditional G (the trainer's grids, an export's samples)."""
-    z, labels = grid_inputs(generator, grid_size, int(generator.z_dim), seed)
-    return samples_grid(generate_images(generator, z, labels).numpy(), labels)
-
-
-def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path, grid: str | Path | None = None,
-                  device: str | torch.device = "cpu", labels: str | None = None) -> np.ndarray:
-    """Generate `n` images from a checkpoint's EMA G with noise from `seed`; write them to `out` (.npz, key
-    `images`, plus `labels` for a conditional G) and optionally a PNG grid (one row per class for a
-    conditional G), both atomically. `labels` is `--labels`' spec (default "all" for a conditional G; an
-    error for an unconditional one). Returns the uint8 images."""
-    if n < 1:
-        raise UserError(f"--n must be at least 1, got {n}")
-    if not str(out).endswith(".npz"):
-        raise UserError(f"--out {out}: the output must be a .npz file")
-    g, _ = load_generator(checkpoint, device)
-    k = num_classes_of(g)
-    y = parse_labels(labels if labels is not None else "all", k, n) if (k or labels is not None) else None
-    images = sample_images(g, n, seed, y).numpy()
-    arrays = {"images": images} if y is None else {"images": images, "labels": y.numpy()}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    write_bytes_atomic(out, buf.getvalue())
-    if grid:
-        save_png(Path(grid), samples_grid(images, y))
-    return images

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import logging
 import math
 import netrc
@@ -33,12 +32,11 @@ from urllib.parse import urlparse
 import numpy as np
 import yaml
 from accelerate.tracking import GeneralTracker, TensorBoardTracker, on_main_process
-from PIL import Image
 
-from distgan.atomic import write_bytes_atomic, write_text_atomic
+from distgan.atomic import write_text_atomic
 from distgan.errors import UserError
-from distgan.training.preemption import PreemptionWatcher, StopRequested, installed_watcher
-from distgan.training.tracker_guard import guard_trackers, guarded
+from distgan.run.preemption import PreemptionWatcher, StopRequested, installed_watcher
+from distgan.run.tracker_guard import guard_trackers, guarded
 
 log = logging.getLogger(__name__)
 
@@ -310,25 +308,6 @@ def _own_children(name: str) -> list[int]:
 def _one_line(error: BaseException, limit: int = 300) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def grid_image(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images (N, H, W) or (N, H, W, C) into one uint8 (rows*(H+pad)+pad, nrow*(W+pad)+pad[, C])
-    grid with `pad` black pixels between."""
-    n, h, w = images.shape[:3]
-    rows = -(-n // nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, *images.shape[3:]), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
-    return grid
-
-
-def save_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 image, grayscale (H, W) or RGB (H, W, 3), as PNG atomically."""
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="L" if image.ndim == 2 else "RGB").save(buf, format="PNG")
-    write_bytes_atomic(path, buf.getvalue())
 
 
 def wandb_image(image: np.ndarray, caption: str) -> Any:

@@ -1,4 +1,4 @@
-"""Generators and discriminators for images of shape (C, H, W).
+"""Generators (and the building blocks the discriminators share) for images of shape (C, H, W).
 
 Every G maps z of shape (B, z_dim) (and, when conditional, class labels (B,)) to images (B, C, H, W) in
 [-1, 1] and has `z_dim`, `image_shape` and `num_classes` attributes (0: unconditional). Every D maps images
@@ -25,11 +25,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from distgan.config import ModelConfig
 from distgan.errors import UserError
-from distgan.pixels import MNIST_SHAPE
 
 DCGAN_SIZES = (16, 28, 32, 64, 128)
 CHANNELS = (1, 3)
@@ -76,28 +74,10 @@ class ConditionalBatchNorm2d(nn.Module):
         return self.bn(x) * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
 
 
-class Projection(nn.Module):
-    """The projection term embed(y) . phi(x) of a projection discriminator (zero without classes)."""
-
-    def __init__(self, features: int, num_classes: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(num_classes, features) if num_classes else None
-        if self.embed is not None:
-            nn.init.normal_(self.embed.weight, 0.0, 0.02)
-
-    def forward(self, phi: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | float:
-        if self.embed is None:
-            return 0.0
-        if labels is None:
-            raise ValueError("this discriminator is class-conditional: pass labels (B,) with values 0..K-1")
-        return (self.embed(labels).to(phi.dtype) * phi).sum(dim=1)
-
-
 class MLPGenerator(nn.Module):
     """The classic MNIST GAN generator: z -> 256 -> 512 -> 1024 -> C*H*W, LeakyReLU(0.2), tanh output."""
 
-    def __init__(self, z_dim: int = 100, hidden: Sequence[int] = (256, 512, 1024),
-                 image_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 0) -> None:
+    def __init__(self, z_dim: int, hidden: Sequence[int], image_shape: Sequence[int], num_classes: int = 0) -> None:
         super().__init__()
         self.z_dim, self.image_shape, self.num_classes = z_dim, tuple(image_shape), num_classes
         self.inputs = ClassInput(z_dim, num_classes)
@@ -111,28 +91,6 @@ class MLPGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(self.inputs(z, labels)).view(-1, *self.image_shape)
-
-
-class MLPDiscriminator(nn.Module):
-    """The classic MNIST GAN discriminator: C*H*W -> 1024 -> 512 -> 256 -> 1 logit, LeakyReLU(0.2)."""
-
-    def __init__(self, hidden: Sequence[int] = (1024, 512, 256), image_shape: Sequence[int] = MNIST_SHAPE,
-                 num_classes: int = 0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        layers: list[nn.Module] = []
-        width = _pixels(image_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
-            width = h
-        self.net = nn.Sequential(*layers)
-        self.out = nn.Linear(width, 1)
-        self.project = Projection(width, num_classes)
-        self._register_load_state_dict_pre_hook(_rename_legacy_discriminator_keys)
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.net(x.flatten(1))
-        return self.out(phi).squeeze(1) + self.project(phi, labels)
 
 
 def _dcgan_plan(image_shape: Sequence[int]) -> tuple[int, int]:
@@ -153,8 +111,7 @@ class DCGANGenerator(nn.Module):
     class embedding is joined to z and every BatchNorm2d after an upsampling is class-conditional.
     """
 
-    def __init__(self, z_dim: int = 100, width: int = 64, image_shape: Sequence[int] = MNIST_SHAPE,
-                 num_classes: int = 0) -> None:
+    def __init__(self, z_dim: int, width: int, image_shape: Sequence[int], num_classes: int = 0) -> None:
         super().__init__()
         self.z_dim, self.width, self.image_shape, self.num_classes = z_dim, width, tuple(image_shape), num_classes
         self.start, levels = _dcgan_plan(self.image_shape)
@@ -169,7 +126,6 @@ class DCGANGenerator(nn.Module):
             self.blocks.append(UpBlock(c_in, c_out, num_classes))
             c_in = c_out
         self.to_image = nn.ConvTranspose2d(c_in, self.image_shape[0], 4, 2, 1)
-        self._register_load_state_dict_pre_hook(_rename_legacy_generator_keys)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.project(self.inputs(z, labels)).view(-1, self.top, self.start, self.start)
@@ -189,55 +145,6 @@ class UpBlock(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         x = self.conv(x)
         return torch.relu(self.norm(x, labels) if isinstance(self.norm, ConditionalBatchNorm2d) else self.norm(x))
-
-
-def _rename_legacy_generator_keys(state: dict, prefix: str, *_: object) -> None:
-    """Checkpoints before conditional models held the DCGAN G's upsampling as one Sequential `up`
-    (conv, BN, ReLU per block, then the output conv and tanh): rename its keys to `blocks`/`to_image`."""
-    legacy = sorted({int(k[len(prefix) + 3:].split(".")[0]) for k in state if k.startswith(prefix + "up.")})
-    for idx in legacy:
-        block, part = divmod(idx, 3)
-        new = "to_image." if idx == legacy[-1] else f"blocks.{block}.{('conv', 'norm')[part]}."
-        for key in [k for k in state if k.startswith(f"{prefix}up.{idx}.")]:
-            state[prefix + new + key[len(f"{prefix}up.{idx}."):]] = state.pop(key)
-
-
-def _rename_legacy_discriminator_keys(state: dict, prefix: str, *_: object) -> None:
-    """Checkpoints before conditional models held D's output Linear as the last entry of `net`: move it to `out`."""
-    indices = {int(k[len(prefix) + 4:].split(".")[0]) for k in state if k.startswith(prefix + "net.")}
-    if not indices or any(k.startswith(prefix + "out.") for k in state):
-        return
-    last = max(indices)
-    for key in [k for k in state if k.startswith(f"{prefix}net.{last}.")]:
-        state[f"{prefix}out." + key[len(f"{prefix}net.{last}."):]] = state.pop(key)
-
-
-class DCGANDiscriminator(nn.Module):
-    """Convolutional D: (C, H, W) -> (w, H/2) -> (2w, H/4) -> ... -> (., s, s) -> logit; LeakyReLU(0.2).
-
-    No BatchNorm: it is wrong for WGAN-GP's per-sample penalty and R1, and spectral norm can replace it.
-    Conditional: a projection term on the flattened last features.
-    """
-
-    def __init__(self, width: int = 64, image_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        start, levels = _dcgan_plan(image_shape)
-        layers: list[nn.Module] = []
-        c_in = image_shape[0]
-        for i in range(levels):
-            c_out = width * min(2**i, 8)
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-            c_in = c_out
-        layers.append(nn.Flatten())
-        self.net = nn.Sequential(*layers)
-        self.out = nn.Linear(c_in * start * start, 1)
-        self.project = Projection(c_in * start * start, num_classes)
-        self._register_load_state_dict_pre_hook(_rename_legacy_discriminator_keys)
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.net(x)
-        return self.out(phi).squeeze(1) + self.project(phi, labels)
 
 
 def _dcgan_init(module: nn.Module) -> None:
@@ -261,7 +168,7 @@ def model_classes(cfg: ModelConfig) -> int:
     return int(cfg.num_classes)
 
 
-def build_generator(cfg: ModelConfig, image_shape: Sequence[int] = MNIST_SHAPE) -> nn.Module:
+def build_generator(cfg: ModelConfig, image_shape: Sequence[int]) -> nn.Module:
     """The generator named by `cfg.arch`, for images of `image_shape` (C, H, W)."""
     k = model_classes(cfg)
     if cfg.arch == "mlp":
@@ -271,16 +178,3 @@ def build_generator(cfg: ModelConfig, image_shape: Sequence[int] = MNIST_SHAPE) 
     return g
 
 
-def build_discriminator(cfg: ModelConfig, image_shape: Sequence[int] = MNIST_SHAPE) -> nn.Module:
-    """The discriminator named by `cfg.arch`, for images of `image_shape` (C, H, W)."""
-    k = model_classes(cfg)
-    if cfg.arch == "mlp":
-        d: nn.Module = MLPDiscriminator(cfg.d_hidden, image_shape, k)
-    else:
-        d = DCGANDiscriminator(cfg.d_width, image_shape, k)
-        d.apply(_dcgan_init)
-    if cfg.spectral_norm:  # after init, so the parametrization wraps the initialised weights
-        for m in list(d.modules()):
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):  # the projection embedding too (Miyato)
-                spectral_norm(m)
-    return d
