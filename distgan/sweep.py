@@ -252,7 +252,7 @@ def write_manifest(sweep: Sweep, root: str | Path) -> Path:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested 1,000s deep
         return None
 
 
@@ -318,7 +318,10 @@ def trial_row(run_dir: Path, trial: dict[str, Any] | None) -> dict[str, Any]:
     logged with it (from metrics.jsonl when present), from the run's files only."""
 
     cfg = _run_config(run_dir)
-    target = (cfg or {}).get("train", {}).get("steps") if isinstance(cfg, dict) else None
+    train = cfg.get("train") if isinstance(cfg, dict) else None
+    steps = train.get("steps") if isinstance(train, dict) else None
+    # any other shape (a hand-edited config.yaml) leaves the target unknown: one bad run must not hide the others
+    target = steps if isinstance(steps, int) and not isinstance(steps, bool) else None
     step, best_fid = 0, None
     ckpts = complete_checkpoints(run_dir, warn=False)
     if ckpts:

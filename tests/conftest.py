@@ -3,16 +3,21 @@ timeouts, and a session-wide set of prepared webdataset shards."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from filelock import FileLock
+from safetensors.torch import load_file
+
+from distgan.run.checkpoint import complete_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_RAW = Path(os.environ.get("DISTGAN_MNIST_RAW", REPO.parent / "shared" / "data" / "mnist"))
@@ -207,3 +212,39 @@ def slurm_two_nodes() -> None:
     from slurm_support import require_cluster
 
     require_cluster(2)
+
+
+# -- helpers shared by test files -------------------------------------------------------------------------
+
+
+def final_weights(run_dir):
+    """G, D and EMA tensors of the newest checkpoint."""
+    ckpt = complete_checkpoints(run_dir)[-1][1]
+    return {name: load_file(str(ckpt / name)) for name in
+            ("model.safetensors", "model_1.safetensors", "ema_generator.safetensors")}
+
+
+
+def assert_same_weights(a, b):
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"
+
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `path` (skips where mounting is not permitted)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a genuinely full / read-only file system) needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in this sandbox: {proc.stderr.strip()[:200]}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, timeout=60).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)

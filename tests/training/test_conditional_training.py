@@ -1,7 +1,7 @@
 """Class-conditional models, DiffAugment and R1: unit checks on the modules and the GAN step (one process).
 
 The end-to-end paths are covered by the training tests: exact resume with a conditional DCGAN, DiffAugment
-and R1 (test_train.py), fp16/bf16 with R1 (test_train.py), and 2 processes (test_train_distributed.py).
+and R1, fp16/bf16 with R1 (training/test_trainer.py), and 2 processes (training/test_trainer_distributed.py).
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ def test_declared_sizes_bound_what_a_server_can_put_in_the_cache(serve, shards7,
     """A cache on a real 4 MiB tmpfs: shards declaring more than it has free are refused before any download
     (one line: the cache dir, the bytes needed and free); a shard declaring more than a prepare shard of its
     images can have is refused; an endless server is cut off at the declared size."""
-    from test_faults_checkpoint import tmpfs
+    from conftest import tmpfs
 
     total = sum(s["bytes"] for e in json.loads((shards7 / "manifest.json").read_text())["splits"].values()
                 for s in e["shards"])
@@ -360,6 +360,11 @@ def test_bad_manifest_and_cache_dir_conflicts(serve, shards7, tmp_path, fast_ret
     (junk / "manifest.json").write_text(json.dumps({"format": "distgan-mnist-shards", "version": 1}))
     with pytest.raises(UserError) as exc:
         open_dataset(server.url, tmp_path / "c2")
+    assert one_line(exc).startswith(f"{server.url}manifest.json: manifest format version 1, this distgan reads "
+                                    f"versions 2 and 3")
+    (junk / "manifest.json").write_text(json.dumps({"format": "distgan-shards", "version": 2}))
+    with pytest.raises(UserError) as exc:
+        open_dataset(server.url, tmp_path / "c3")
     assert one_line(exc).startswith(f"{server.url}manifest.json: field 'sample' is missing")
 
     good = serve(shards7)
@@ -478,7 +483,7 @@ def test_two_processes_share_one_download_per_shard(serve, shards7, tmp_path):
 def test_two_process_train_from_url(serve, mnist_shards, tmp_path):
     """`distgan train` with data.dir=<URL>: the same weights as from the local prepare output; the train shards
     are fetched once each (after one corrupt copy each), the test split not at all."""
-    from test_train import assert_same_weights, final_weights
+    from conftest import assert_same_weights, final_weights
 
     bad = {"/train/train-000000.tar": "corrupt_once", "/train/train-000001.tar": "corrupt_once"}
     server = serve(mnist_shards, bad)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, accelerate_launch, wandb_history
-from test_train import assert_same_weights, final_weights
+from conftest import REPO, accelerate_launch, assert_same_weights, final_weights, wandb_history
 
 from distgan.run.checkpoint import complete_checkpoints
 
@@ -72,7 +71,7 @@ def test_ddp_g_step_sends_no_d_allreduce_and_keeps_d(tmp_path):
 
 
 def test_two_processes_save_a_checkpoint_at_every_step(mnist_shards, tmp_path):
-    """The checkpoint stress test for 2 processes (4 run on the two-node SLURM cluster, test_slurm.py): a save
+    """The checkpoint stress test for 2 processes (4 run on the two-node SLURM cluster, launch/test_slurm.py): a save
     at every one of 300 steps, pruned to the newest two, never a failure; each rank makes durable only what
     it wrote, so no rank lists files that another is still renaming into place."""
     from distgan.run.checkpoint import checkpoint_problem

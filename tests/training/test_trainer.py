@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, wandb_history, wandb_records
+from conftest import assert_same_weights, final_weights, run_cli, wandb_history, wandb_records
 from safetensors.torch import load_file
 
 from distgan.run.checkpoint import complete_checkpoints
@@ -21,20 +21,6 @@ DEBUG = "configs/debug.yaml"
 def train(shards, run_dir, *overrides, check=True, timeout=180):
     return run_cli(["train", "--config", DEBUG, f"data.dir={shards}", f"run.dir={run_dir}", "wandb.mode=offline",
                     *overrides], timeout=timeout, check=check)
-
-
-def final_weights(run_dir):
-    """G, D and EMA tensors of the newest checkpoint."""
-    ckpt = complete_checkpoints(run_dir)[-1][1]
-    return {name: load_file(str(ckpt / name)) for name in
-            ("model.safetensors", "model_1.safetensors", "ema_generator.safetensors")}
-
-
-def assert_same_weights(a, b):
-    for name in a:
-        assert a[name].keys() == b[name].keys()
-        for key in a[name]:
-            assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"
 
 
 def test_debug_run_end_to_end(mnist_shards, tmp_path):

@@ -1,6 +1,6 @@
 """Unit tests of distgan.run.preemption: signal parsing, the flag-only handler, Ctrl-C, the
 interruptible block, the all-ranks agreement (2 gloo processes) and `scontrol requeue` (a fake scontrol on
-PATH). The end-to-end Ctrl-C runs are in test_faults_signals.py."""
+PATH). The end-to-end Ctrl-C runs are in run/test_signals.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Several machines without SLURM: two `accelerate launch` invocations on 127.0.0.1 (machine rank 0 and 1,
 one process each) train together, the recipe for machines without a scheduler. And train.sbatch/node.sh's
 wiring on GPU nodes, which this machine lacks (fake srun, scontrol and accelerate); real two-node SLURM jobs
-are in test_slurm.py."""
+are in launch/test_slurm.py."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ read-only remount, and a directory the (capability-less) process may not write. 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -14,13 +13,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, child_env, run_cli
+from conftest import REPO, child_env, run_cli, tmpfs
 from safetensors.torch import load_file, save_file
 
 from distgan.atomic import WriteError
@@ -356,23 +354,6 @@ def test_load_refuses_non_finite_weights_and_damage_before_unpickling(probe, tmp
 
 
 # ---------------------------------------------------------------- full, read-only and unwritable run directories
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of `size` mounted at `path` (skips where mounting is not permitted)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a genuinely full / read-only file system) needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                          text=True, timeout=60)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in this sandbox: {proc.stderr.strip()[:200]}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True, timeout=60).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
 
 
 def fill(directory: Path) -> None:

@@ -1,6 +1,6 @@
 """distgan.training.grad_sync: the canonical-order gradient all-reduce hands every parameter its own gradient
 back, whatever order DDP's bucket holds them in. (That it makes a resumed 4-process run equal an
-uninterrupted one is asserted on the real two-node SLURM cluster, tests/test_slurm.py.)"""
+uninterrupted one is asserted on the real two-node SLURM cluster, tests/launch/test_slurm.py.)"""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from conftest import PYTHON, REPO, cap_address_space, child_env, run_cli
 
 from distgan.data import build_loader, load_split, samples_per_epoch
 from distgan.data.idx import FILES, parse_idx
-from distgan.data.shards import read_shard
+from distgan.data.shards import Layout, read_shard
 from distgan.errors import UserError
 
 pytestmark = pytest.mark.slow  # real processes, signals, servers or file systems (unit tier: -m "not slow")
@@ -290,7 +290,7 @@ def test_oversized_member_is_refused_before_reading(split_copy):
     payload = bytes(2 * MiB)
     path = _swap_shard(split_copy, _tar_header(name, len(payload)) + payload + _tar_end(len(payload)))
     with pytest.raises(UserError) as exc:
-        read_shard(path)
+        read_shard(path, Layout((1, 28, 28)))
     msg = str(exc.value)
     assert "\n" not in msg and str(path) in msg and f"declares {2 * MiB} bytes" in msg and "784000" in msg
 
