@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import errno
+import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -330,6 +333,10 @@ class _YamlLimit(Exception):
     """A YAML text over one of the bounds above; load_yaml_text turns it into a UserError."""
 
 
+class _DuplicateKey(Exception):
+    """A mapping that spells one key twice (PyYAML keeps the last silently); load_yaml_text makes it a UserError."""
+
+
 class _BoundedLoader(yaml.SafeLoader):
     """yaml.SafeLoader that stops composing past MAX_YAML_DEPTH levels (before Python's recursion limit)."""
 
@@ -351,6 +358,21 @@ class _BoundedLoader(yaml.SafeLoader):
         if abs(value).bit_length() > _MAX_INT_DIGITS * 3.32:
             raise _YamlLimit(f"has an integer of over {_MAX_INT_DIGITS} digits")
         return value
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        """SafeLoader's mappings, refusing one that spells a key twice (PyYAML keeps the last silently). Keys
+        compare as written, with their resolved tag; the keys a merge (`<<: *base`) brings may be overridden."""
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line, first = key.start_mark.line + 1, seen.get((key.tag, key.value))
+            if first is not None:
+                where = f"line {line}" if first == line else f"lines {first} and {line}"
+                raise _DuplicateKey(f"has key {key.value[:100]!r} twice in one mapping ({where}); keep one")
+            seen[(key.tag, key.value)] = line
+        return node
 
 
 _BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
@@ -404,9 +426,10 @@ def _check_aliases(root: yaml.Node) -> None:
 
 
 def load_yaml_text(text: str, source: str) -> Any:
-    """`yaml.safe_load(text)` within bounds: a text over MAX_YAML_BYTES, nested deeper than MAX_YAML_DEPTH
-    or whose aliases expand past MAX_YAML_ALIAS_NODES is a one-line UserError starting with `source`
-    (say, the file's path). A syntax error stays a yaml.YAMLError, for the caller to phrase with its remedy.
+    """`yaml.safe_load(text)` within bounds: a text over MAX_YAML_BYTES, nested deeper than MAX_YAML_DEPTH,
+    whose aliases expand past MAX_YAML_ALIAS_NODES or with a key twice in one mapping is a one-line UserError
+    starting with `source` (say, the file's path). A syntax error stays a yaml.YAMLError, for the caller to
+    phrase with its remedy.
     """
     if len(text) > MAX_YAML_BYTES:
         raise UserError(f"{source}: {len(text)} characters of YAML, more than the {MAX_YAML_BYTES} read here; "
@@ -420,6 +443,8 @@ def load_yaml_text(text: str, source: str) -> Any:
         return loader.construct_document(node)
     except _YamlLimit as e:
         raise UserError(f"{source}: the YAML {e}; write the values out plainly") from None
+    except _DuplicateKey as e:
+        raise UserError(f"{source}: the YAML {e}") from None
     # a constructor's: a date 2001-13-45, `!!int abc`, an integer of 5000 digits (ValueError); `!!bool maybe`,
     # `!!int ""` (LookupError); `!!timestamp x` (AttributeError)
     except (ValueError, LookupError, AttributeError, TypeError, ArithmeticError) as e:
@@ -428,11 +453,36 @@ def load_yaml_text(text: str, source: str) -> Any:
         loader.dispose()
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # what a path that is no file may be
+
+
+def _read_head(path: Path, n: int, what: str) -> bytes:
+    """At most `n` bytes of regular file `path` (links followed): IsADirectoryError for a directory (as open()
+    raises), a one-line UserError naming `what` for a FIFO or device (opened without blocking: a FIFO is refused,
+    not waited on). Other OSErrors propagate."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise UserError(f"{what} {path} is {kind}, not a {what}; pass the YAML file itself")
+        os.set_blocking(fd, True)
+        f = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return f.read(n)
+
+
 def read_yaml_file(path: Path, what: str) -> Any:
     """Parse YAML file `path` with load_yaml_text, reading at most MAX_YAML_BYTES + 1 bytes of it (a bigger
-    file is a UserError naming `what` and the path). OSError, UnicodeDecodeError and yaml.YAMLError propagate."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_YAML_BYTES + 1)  # no more than this, even from a file that grows or lies in stat
+    file, a FIFO or a device is a UserError naming `what` and the path). OSError (FileNotFoundError for a missing
+    one, IsADirectoryError), UnicodeDecodeError and yaml.YAMLError propagate."""
+    data = _read_head(path, MAX_YAML_BYTES + 1, what)  # no more than this, even from a file that grows or lies
     if len(data) > MAX_YAML_BYTES:
         raise UserError(f"{what} {path} is over {MAX_YAML_BYTES} bytes, too big for a YAML {what}; is it the "
                         f"right file?")
@@ -476,10 +526,13 @@ def read_config_file(path: str | Path | None) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} not found (see configs/ for examples)")
         try:
             data = read_yaml_file(path, "config file") or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {path} not found (see configs/ for examples)") from None
+        except IsADirectoryError:
+            raise UserError(f"config file {path} is a directory, not a config file; pass the YAML file itself") \
+                from None
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
         except yaml.YAMLError as e:

@@ -39,7 +39,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = F
     the checkpoint's step; the classifier's sha256 from the scores file, else from the config's classifier
     file if it is here; the data manifest's sha256 from the config's data.dir if it is here.
     """
-
     out, src = Path(out), Path(checkpoint)
     check_out_dir(out)
     if out.exists() and src.exists() and out.resolve() == src.resolve():

@@ -37,10 +37,20 @@ import yaml
 
 from distgan.atomic import write_text_atomic
 from distgan.config import apply_overrides, load_config, load_yaml_text, read_config_file, read_yaml_file
-from distgan.errors import UserError
-from distgan.run.checkpoint import STATE_FILE, complete_checkpoints
+from distgan.errors import UserError, one_line
+from distgan.run.checkpoint import (
+    MAX_STATE_BYTES,
+    STATE_FILE,
+    TrainState,
+    complete_checkpoints,
+    parse_train_state,
+    read_capped,
+)
+from distgan.run.metrics_file import FILE_NAME as METRICS_FILE
+from distgan.run.metrics_file import iter_metrics
 
 MAX_TRIALS = 100_000
+MAX_MANIFEST_BYTES = 256 << 20  # sweep.json: MAX_TRIALS trials of a few hundred bytes each
 MANIFEST = "sweep.json"
 SUMMARY_CSV = "summary.csv"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: `$` would also pass "name\n"
@@ -249,28 +259,46 @@ def write_manifest(sweep: Sweep, root: str | Path) -> Path:
 # -- summary ----------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, limit: int) -> Any:
+    """The JSON data of `path`, or None when it is absent, no regular file (a FIFO would block), unreadable,
+    larger than `limit` bytes or not JSON."""
+    if not path.is_file():
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested 1,000s deep
+        data = read_capped(path, limit)
+        return json.loads(data) if data is not None else None
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested 1,000s deep
         return None
 
 
-def _metric_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """RUN_DIR/metrics.jsonl rows (absent file: none; unreadable or torn lines skipped)."""
+def _checkpoint_state(ckpt: Path) -> TrainState | None:
+    """The training state saved in checkpoint `ckpt` (a best FID that is none: None; fields of other versions
+    ignored), or None when its trainer_state.json holds no valid one (not JSON, not a mapping, a bad count)."""
+    data = _read_json(ckpt / STATE_FILE, MAX_STATE_BYTES)
+    state = data.get("state") if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        return None
+    known = {k: state[k] for k in ("step", "epoch", "start_sample") if k in state}
     try:
-        text = (run_dir / "metrics.jsonl").read_text(errors="replace")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+        return parse_train_state({"state": {**known, "best_fid": valid_fid(state.get("best_fid"))}})
+    except ValueError:
+        return None
+
+
+def _best_eval(run_dir: Path) -> tuple[float, dict[str, Any]] | None:
+    """(FID, row) of RUN_DIR/metrics.jsonl's row with the lowest valid FID (the earliest step among equals),
+    streamed: memory stays at a row whatever the file's size. None without such a row or a readable file."""
+    best = None
+    if not (run_dir / METRICS_FILE).is_file():  # absent, or a FIFO that would block
+        return None
+    try:
+        for row in iter_metrics(run_dir / METRICS_FILE):
+            fid = valid_fid(row.get("eval/fid"))  # only valid FIDs compete: min() would keep a NaN that came first
+            if fid is not None and (best is None or (fid, row["step"]) < (best[0], best[1]["step"])):
+                best = (fid, row)
+    except OSError:  # unreadable: the rows read so far stand
+        pass
+    return best
 
 
 def _locked(run_dir: Path) -> bool:
@@ -316,40 +344,69 @@ def _run_config(run_dir: Path) -> Any:
 def trial_row(run_dir: Path, trial: dict[str, Any] | None) -> dict[str, Any]:
     """One trial's summary: index, overrides, steps done and planned, status, best FID and the other scores
     logged with it (from metrics.jsonl when present), from the run's files only."""
-
     cfg = _run_config(run_dir)
     train = cfg.get("train") if isinstance(cfg, dict) else None
     steps = train.get("steps") if isinstance(train, dict) else None
     # any other shape (a hand-edited config.yaml) leaves the target unknown: one bad run must not hide the others
     target = steps if isinstance(steps, int) and not isinstance(steps, bool) else None
-    step, best_fid = 0, None
     ckpts = complete_checkpoints(run_dir, warn=False)
-    if ckpts:
-        state = (_read_json(ckpts[-1][1] / STATE_FILE) or {}).get("state", {})
-        step, best_fid = int(state.get("step") or 0), valid_fid(state.get("best_fid"))
+    state = _checkpoint_state(ckpts[-1][1]) if ckpts else TrainState()
+    step, best_fid = (state.step, valid_fid(state.best_fid)) if state is not None else (None, None)
     scores: dict[str, Any] = {}
     best_step = None
-    # Only valid FIDs compete: with a NaN among them, min() would keep whichever came first.
-    evals = [(fid, r) for r in _metric_rows(run_dir) if (fid := valid_fid(r.get("eval/fid"))) is not None]
-    if evals:
-        best_fid, best = min(evals, key=lambda e: (e[0], e[1]["step"]))
-        best_step = best["step"]
-        scores = {k[5:]: v for k, v in best.items() if k.startswith("eval/") and k != "eval/fid"}
+    best = _best_eval(run_dir)
+    if best is not None:
+        best_fid, row = best
+        best_step = row["step"]
+        scores = {k[5:]: v for k, v in row.items() if k.startswith("eval/") and k != "eval/fid"}
     if _locked(run_dir):
         status = "running"
     elif not ckpts:
         status = "not started" if not (run_dir / "config.yaml").exists() else "no checkpoint"
-    elif target is not None and step >= int(target):
+    elif step is None:  # a hand-edited or damaged trainer_state.json: flagged, the other runs still listed
+        status = f"damaged {STATE_FILE}"
+    elif target is not None and step >= target:
         status = "finished"
     else:
         status = "stopped"
-    if trial is None:  # a run directory that sweep.json does not list: its index from its name
+    trial = trial or {}
+    index = trial.get("index")
+    if isinstance(index, bool) or not isinstance(index, int):  # not in sweep.json, or hand-edited: from the name
         m = re.match(r"^(\d+)", run_dir.name)
-        trial = {"index": int(m.group(1)) if m else None, "values": {}}
-    own = " ".join(f"{k}={render(v)}" for k, v in (trial.get("values") or {}).items())  # what differs per trial
-    return {"index": trial.get("index"), "trial": run_dir.name, "status": status, "step": step, "steps": target,
-            "best_fid": best_fid, "best_step": best_step, "scores": scores, "overrides": own,
-            "run_dir": str(run_dir)}
+        index = int(m.group(1)) if m else None
+    return {"index": index, "trial": run_dir.name, "status": status, "step": step, "steps": target,
+            "best_fid": best_fid, "best_step": best_step, "scores": scores,
+            "overrides": _own_overrides(trial.get("values")), "run_dir": str(run_dir)}
+
+
+def _own_overrides(values: Any) -> str:
+    """A trial's own `key=value` overrides (what differs per trial); a hand-edited value that is no override
+    is shown as its repr, values that are not a mapping as nothing."""
+    if not isinstance(values, dict):
+        return ""
+    parts = []
+    for key, value in values.items():
+        try:
+            text = render(value)
+        except (UserError, yaml.YAMLError, ValueError, RecursionError):
+            text = repr(value)[:80]
+        parts.append(f"{key}={text}")
+    return one_line(" ".join(parts))
+
+
+def _manifest_trials(root: Path) -> dict[str, dict[str, Any]]:
+    """ROOT/sweep.json's trials by run directory name; entries that are not a mapping with a plain directory
+    name (a hand-edited or damaged file) are left out, and those directories are summarised from their files."""
+    manifest = _read_json(root / MANIFEST, MAX_MANIFEST_BYTES)
+    trials = manifest.get("trials") if isinstance(manifest, dict) else None
+    if not isinstance(trials, list):
+        return {}
+    return {t["run_dir"]: t for t in trials if isinstance(t, dict) and _plain_name(t.get("run_dir"))}
+
+
+def _plain_name(name: Any) -> bool:
+    """Whether `name` is one directory entry's name (no path, nothing outside ROOT)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def summarize(root: str | Path) -> list[dict[str, Any]]:
@@ -360,8 +417,7 @@ def summarize(root: str | Path) -> list[dict[str, Any]]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; pass the sweep's run root, e.g. runs/<sweep name>")
-    manifest = _read_json(root / MANIFEST)
-    trials = {t["run_dir"]: t for t in manifest.get("trials", [])} if isinstance(manifest, dict) else {}
+    trials = _manifest_trials(root)
     dirs = {p.name: p for p in root.iterdir() if p.is_dir() and ((p / "config.yaml").exists() or
                                                                   (p / "checkpoints").is_dir())}
     names = sorted(set(dirs) | set(trials))

@@ -140,6 +140,17 @@ def accelerate_launch(args: list[str], *, num_processes: int = 2, timeout: float
     return proc
 
 
+# Session fixtures that cost a minute or more of CPU: a test that uses one belongs to the slow tier.
+SLOW_FIXTURES = {"eval_classifier"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that needs a SLOW_FIXTURES fixture (the unit tier never trains the classifier)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def mnist_raw() -> Path:
     """The real MNIST IDX files beside the repository (../shared/data/mnist)."""

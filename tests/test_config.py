@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import subprocess
+import time
 import typing
 
 import annotated_types
@@ -357,6 +359,55 @@ def test_yaml_bounds(tmp_path):
         load_yaml_text("train: [unclosed", "x")
     with pytest.raises(UserError, match="nests deeper"):
         parse_override("model.g_hidden=" + "[" * 3000)
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    """Before the fix `seed: 1` then `seed: 2` was accepted silently (the last won); now config files, sweep
+    files and overrides (one loader) name the key and its lines. Keys a merge (`<<: *base`) brings may still
+    be overridden, and the same key in two mappings is no duplicate."""
+    from distgan.sweep import load_sweep
+
+    path = tmp_path / "dup.yaml"
+    cases = {"seed: 1\nseed: 2\n": ("seed", "lines 1 and 2"),
+             "train:\n  steps: 5\n  lr_g: 0.1\n  'steps': 6\n": ("steps", "lines 2 and 4"),
+             "model: {z_dim: 8, z_dim: 9}\n": ("z_dim", "line 1")}
+    for text, (key, lines) in cases.items():
+        path.write_text(text)
+        with pytest.raises(UserError) as exc:
+            load_config(path)
+        assert str(exc.value) == f"config file {path}: the YAML has key {key!r} twice in one mapping ({lines}); " \
+                                 f"keep one"
+    path.write_text("name: s\nbase: configs/debug.yaml\ngrid: {seed: [1, 2]}\nbase: configs/debug.yaml\n")
+    with pytest.raises(UserError, match=f"^sweep file {path}: the YAML has key 'base' twice .*lines 2 and 4"):
+        load_sweep(path)
+    with pytest.raises(UserError, match="^override model=...: the YAML has key 'z_dim' twice"):
+        load_config(None, ["model={z_dim: 8, z_dim: 9}"])
+    merged = load_yaml_text("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\nc: {x: 4}\n", "t")
+    assert merged == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}, "c": {"x": 4}}
+
+
+@pytest.mark.timeout(30)  # a FIFO opened for reading waits for a writer: before the fix, forever (sweep files)
+def test_config_path_that_is_no_regular_file(tmp_path):
+    """Before the fix a directory, a FIFO or /dev/zero given as the config was "not found"; now the message
+    says what it is, without waiting on the FIFO or reading the device; a sweep file gets the same."""
+    from distgan.sweep import load_sweep
+
+    (tmp_path / "dir.yaml").mkdir()
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    start = time.monotonic()
+    for name, kind in (("dir", "a directory"), ("fifo", "a FIFO (named pipe)"), ("zero", "a character device")):
+        path = tmp_path / f"{name}.yaml"
+        with pytest.raises(UserError) as exc:
+            load_config(path)
+        assert str(exc.value) == f"config file {path} is {kind}, not a config file; pass the YAML file itself"
+        with pytest.raises(UserError) as exc:
+            load_sweep(path)
+        assert str(exc.value) == (f"cannot read sweep file {path}: Is a directory" if name == "dir" else
+                                  f"sweep file {path} is {kind}, not a sweep file; pass the YAML file itself")
+    assert time.monotonic() - start < 2
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "dangling.yaml")
 
 
 def test_name_pattern_is_exact():

@@ -344,3 +344,67 @@ def test_summary_survives_a_run_config_of_another_shape(tmp_path, text):
     run_with(root, "1-b", step=4, best_fid=3.0)
     rows = summarize(root)
     assert [(r["index"], r["status"]) for r in rows] == [(1, "finished"), (0, "stopped")]
+
+
+@pytest.mark.parametrize("text", [
+    "[1, 2]", '{"state": [1]}', '{"state": {"step": "abc"}}', '{"state": {"step": 1e400}}', '{"state": {"step": -5}}',
+    '{"state": {"step": 1.5}}', "[" * 100_000, "not json"], ids=lambda text: text[:30])
+def test_summary_flags_a_damaged_trainer_state_and_goes_on(tmp_path, text):
+    root = tmp_path / "sw"
+    run_with(root, "0-a", step=4)
+    (root / "0-a" / "checkpoints" / "step_0000004" / "trainer_state.json").write_text(text)
+    run_with(root, "1-b", step=4, best_fid=3.0)
+    rows = summarize(root)
+    assert [(r["index"], r["status"], r["step"], r["best_fid"]) for r in rows] == [
+        (1, "finished", 4, 3.0), (0, "damaged trainer_state.json", None, None)]
+    assert "damaged trainer_state.json" in format_summary(rows)
+
+
+@pytest.mark.parametrize("manifest", [
+    {"trials": 5}, {"trials": "abc"}, {"trials": [{"run_dir": ["x"]}]}, {"trials": [{"nope": 1}]}, [1, 2],
+    {"trials": [{"run_dir": "0-a", "values": [1, 2]}]}, {"trials": [{"run_dir": "0-a", "values": {}, "index": [1]}]},
+    {"trials": [{"run_dir": "0-a", "values": {"name": "a\nb", "x": float("nan")}, "index": True}]},
+    {"trials": [{"run_dir": "../escape", "index": 7}, {"run_dir": "", "index": 8}, "0-a"]},
+])
+def test_summary_survives_a_damaged_sweep_json(tmp_path, manifest):
+    root = tmp_path / "sw"
+    run_with(root, "0-a", step=2)
+    run_with(root, "1-b", step=4, best_fid=3.0)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    rows = summarize(root)
+    assert [(r["trial"], r["index"], r["status"]) for r in rows] == [("1-b", 1, "finished"), ("0-a", 0, "stopped")]
+    table = format_summary(rows)
+    assert len(table.splitlines()) == 3 and "escape" not in table
+    assert rows[1]["overrides"] in ("", "name='a\\nb' x=nan")
+
+
+def test_summary_streams_metrics_jsonl(tmp_path):
+    """A metrics.jsonl of hundreds of MB (here a 64 MB line of NULs, sparse, between rows) was read whole:
+    3 GB was a MemoryError. It is streamed, a line at a time, and the best valid FID still found."""
+    import tracemalloc
+
+    root = tmp_path / "sw"
+    run = run_with(root, "0-a", step=4)
+    rows = [{"step": 2, "eval/fid": 5.0, "eval/kid": 0.5}, {"step": 3, "eval/fid": float("nan")}]
+    with open(run / "metrics.jsonl", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.truncate(f.tell() + (64 << 20))  # a hole: NUL bytes, no newline
+        f.seek(0, os.SEEK_END)
+        f.write("\n" + json.dumps({"step": 4, "eval/fid": 4.0, "eval/kid": 0.25}) + "\n{\"step\": 5, \"eval/fid\": 1")
+    tracemalloc.start()
+    try:
+        row, = summarize(root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (row["best_fid"], row["best_step"], row["scores"]) == (4.0, 4, {"kid": 0.25})  # the torn last line: no row
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB while summarising a 64 MB metrics.jsonl"
+
+
+def test_summary_skips_a_fifo_sweep_json_and_metrics_jsonl(tmp_path):
+    """Opening a FIFO blocks until a writer comes: a sweep.json or metrics.jsonl that is one is no file."""
+    root = tmp_path / "sw"
+    run = run_with(root, "0-a", step=4, best_fid=2.0)
+    os.mkfifo(root / MANIFEST)
+    os.mkfifo(run / "metrics.jsonl")
+    assert [(r["trial"], r["status"], r["best_fid"]) for r in summarize(root)] == [("0-a", "finished", 2.0)]

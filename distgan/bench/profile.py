@@ -36,7 +36,6 @@ def _timed(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Calla
 def profile_config(config: Path, *, steps: int, overrides: Sequence[str] = (), warmup: int = 20) -> dict[str, Any]:
     """Time the parts of `steps` iterations and one of each periodic job of `config`; print the table and return
     {"per_step": {part: seconds}, "periodic": {part: (seconds per call, interval)}}."""
-
     with tempfile.TemporaryDirectory(prefix="distgan-profile-") as tmp:
         cfg = load_config(config, [*overrides, f"run.dir={Path(tmp) / 'run'}", "resume=never", "wandb.mode=disabled",
                                    "log.progress=false", "log.with=[wandb]"])

@@ -58,7 +58,6 @@ def plain_loop(shards: Path, batch_size: int, steps: int, device: str, seed: int
 
 def distgan_loop(shards: Path, batch_size: int, steps: int, work: Path) -> float:
     """The distgan trainer on the seed MLP config, no logging: seconds its `steps` iterations took."""
-
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mnist_mlp.yaml", [
         f"data.dir={shards}", f"run.dir={work}", f"train.steps={steps}", f"train.batch_size={batch_size}",
         "data.num_workers=0", "wandb.mode=disabled", "mixed_precision=no", "resume=never", "log.progress=false",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,13 +41,36 @@ MAX_ITEMS = 10_000_000  # a header claiming more items than this is corrupt (MNI
 MAX_SIDE = 4096  # largest image side an IDX header may claim
 MAX_BODY_BYTES = 2 << 30  # largest body (N x H x W bytes) an IDX header may claim: 2 GiB
 _CHUNK = 1 << 20
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode that is not a regular file's is, for a message: "a directory", "a FIFO (named pipe)"..."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path, what: str, remedy: str) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file (links followed), else a one-line UserError
+    "PATH: is a directory, not WHAT; REMEDY". A FIFO is opened without waiting for a writer, then refused, so
+    this never blocks; a device (/dev/zero) is refused before a byte is read. OSError propagates."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{path}: is {file_kind(mode)}, not {what}; {remedy}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextmanager
 def _open_maybe_gzip(path: Path) -> Iterator[BinaryIO]:
     """The file as a stream of its bytes, gunzipped on the fly if it starts with the gzip magic."""
     try:
-        f = open(path, "rb")
+        f = open_regular(path, "an IDX file", "put the IDX file itself there")
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e}); check the file and its permissions") from e
     with f:
@@ -133,15 +157,19 @@ def find_raw_files(raw_dir: str | os.PathLike[str]) -> dict[str, Path]:
                         f"IDX files")
     found: dict[str, Path] = {}
     for role, name in FILES.items():
-        for candidate in (raw_dir / name, raw_dir / name.removesuffix(".gz")):
+        candidates = (raw_dir / name, raw_dir / name.removesuffix(".gz"))
+        for candidate in candidates:
             if candidate.is_file():
                 found[role] = candidate
                 break
         else:
+            for odd in (c for c in candidates if c.exists()):  # a directory, FIFO, device: not "missing"
+                raise UserError(f"{odd}: is {file_kind(odd.stat().st_mode)}, not an IDX file; put the IDX file "
+                                f"itself there")
             raise UserError(f"{raw_dir / name}: missing (nor found without .gz); the raw dir needs "
                             f"{', '.join(FILES.values())}")
     return found
 
 
-__all__ = ["FILES", "ROWS", "COLS", "NUM_CLASSES", "MAX_ITEMS", "MAX_SIDE", "MAX_BODY_BYTES", "parse_idx",
-           "load_pair", "find_raw_files"]
+__all__ = ["FILES", "ROWS", "COLS", "NUM_CLASSES", "MAX_ITEMS", "MAX_SIDE", "MAX_BODY_BYTES", "file_kind",
+           "open_regular", "parse_idx", "load_pair", "find_raw_files"]

@@ -39,6 +39,7 @@ from distgan.data.shards import (
     is_shard_name,
     label_bytes_for,
     read_manifest,
+    read_manifest_bytes,
     shard_name,
     verify_split,
     write_incomplete_manifest,
@@ -59,8 +60,8 @@ def check_ownership(out: Path) -> None:
     manifest = out / MANIFEST
     if manifest.exists():
         try:
-            ours = is_distgan_manifest(json.loads(manifest.read_text()))
-        except (OSError, ValueError):
+            ours = is_distgan_manifest(json.loads(read_manifest_bytes(manifest)))  # bounded, never waits on a FIFO
+        except (UserError, OSError, ValueError, RecursionError):
             ours = False
         if not ours:
             raise UserError(f"--out {out}: {manifest} is not a distgan shard manifest, so this directory "

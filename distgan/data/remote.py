@@ -48,6 +48,7 @@ from distgan.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from distgan.data.shards import (
     MANIFEST,
     MAX_KEY_BYTES,
+    MAX_MANIFEST_BYTES,
     SPLITS,
     Layout,
     manifest_layout,
@@ -62,7 +63,6 @@ REMOTE = "remote.json"
 REMOTE_FORMAT = "distgan-remote-cache"
 REMOTE_VERSION = 1
 LOCKS = ".locks"
-MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a few thousand shards is well under 1 MiB
 _TAR_MEMBER_OVERHEAD = 2048  # a tar member's header (512 bytes) and padding (< 512), with room to spare
 _TAR_END = 64 << 10  # the end-of-archive blocks and the record padding (10 KiB), with room to spare
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):")
@@ -260,8 +260,8 @@ def _read(url: str, sink: Callable[[bytes], None], limit: int, policy: FetchPoli
                     break
                 dog.progress()
                 n += len(chunk)
-                if n > limit:
-                    raise _Failure(f"sent more than the {limit} bytes expected")
+                if n > limit:  # the file itself is too long: another try gets the same
+                    raise _Failure(f"sent more than the {limit} bytes expected", permanent=True)
                 sink(chunk)
         finally:
             dog.stop()
@@ -437,6 +437,12 @@ def _check_free_space(cache: Path, base: str, manifest: Mapping[str, Any]) -> No
                         f"file system has {free:,} free; free space there or point data.cache_dir at a larger disk")
 
 
+def _head(path: Path, n: int) -> bytes:
+    """The first `n` bytes of regular file `path` (never more, however big it is)."""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def _adopt(cache: Path, base: str, data: bytes, sha: str, manifest: Mapping[str, Any]) -> None:
     """Make `cache` the cache of the dataset whose manifest is `data` (under a lock, so that the ranks of a
     node can do it at once); refuse a directory that holds anything else."""
@@ -449,7 +455,7 @@ def _adopt(cache: Path, base: str, data: bytes, sha: str, manifest: Mapping[str,
                                 f"download cache; point data.cache_dir at an empty or new directory")
         else:
             held = cache / MANIFEST
-            if held.is_file() and held.read_bytes() != data:
+            if held.is_file() and _head(held, len(data) + 1) != data:
                 raise UserError(f"cache dir {cache} holds another dataset than {base} (its {MANIFEST} differs); "
                                 f"point data.cache_dir at an empty or new directory, or unset it")
         want = {"format": REMOTE_FORMAT, "version": REMOTE_VERSION, "url": base, "manifest_sha256": sha}

@@ -40,7 +40,7 @@ import numpy as np
 import webdataset as wds
 
 from distgan.atomic import atomic_path, write_json_atomic
-from distgan.data.idx import COLS, ROWS
+from distgan.data.idx import COLS, ROWS, open_regular
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 
@@ -50,6 +50,7 @@ FORMAT_VERSION = 2  # written for up to BYTE_CLASSES classes (labels.u8)
 WIDE_FORMAT_VERSION = 3  # written for more classes: version 2 with uint16 labels (labels.u16)
 READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a few thousand shards is well under 1 MiB (local or served)
 PACK_BYTES = 1 << 20  # image bytes per pack, at most (a pack holds at least one image)
 MAX_PACK_IMAGES = 1000
 PACK_SIZE = MAX_PACK_IMAGES  # MNIST's pack size (28x28: 1000 images, 784,000 bytes)
@@ -63,6 +64,7 @@ SPLITS = ("train", "test")
 MEMBERS = ("images.u8", "labels.u8", "keys.txt")  # a pack's members with one-byte labels (Layout.members)
 IMAGE_BYTES = ROWS * COLS  # MNIST's
 MAX_KEY_BYTES = 64  # a sample key is `<split>-<index>`; anything longer is not ours
+_TAR_HEADER = 512  # every tar member starts with (at least) one 512-byte header block
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,12 @@ class Layout:
     def pack_size(self) -> int:
         """Images per pack: as many as fit in PACK_BYTES, at least 1, at most MAX_PACK_IMAGES."""
         return max(1, min(MAX_PACK_IMAGES, PACK_BYTES // self.image_bytes))
+
+    def min_shard_bytes(self, count: int) -> int:
+        """The fewest bytes a shard of `count` images can have: their pixels and labels and one tar header
+        per member of each pack (keys, padding and the end of the archive come on top)."""
+        packs = -(-count // self.pack_size)
+        return count * (self.image_bytes + self.label_bytes) + packs * len(self.members) * _TAR_HEADER
 
     @property
     def max_member_bytes(self) -> dict[str, int]:
@@ -312,8 +320,9 @@ def _field(path: Path, field: str, problem: str) -> UserError:
                      f"`distgan prepare --out {path.parent}`")
 
 
-def _validate_split(path: Path, split: str, entry: Any) -> None:
-    """Check one `splits.<split>` entry: count, shard list, and that the counts add up."""
+def _validate_split(path: Path, split: str, entry: Any, layout: Layout) -> None:
+    """Check one `splits.<split>` entry: count, shard list, that each shard's bytes can hold its count of
+    `layout` images, and that the counts add up."""
     where = f"splits.{split}"
     if not isinstance(entry, dict):
         raise _field(path, where, "must be an object")
@@ -343,6 +352,10 @@ def _validate_split(path: Path, split: str, entry: Any) -> None:
             raise _field(path, f"{at}.count", f"must be an integer >= 1, not {shard['count']!r}")
         if not _is_int(shard["bytes"], 1):
             raise _field(path, f"{at}.bytes", f"must be a positive integer, not {shard['bytes']!r}")
+        if layout.min_shard_bytes(shard["count"]) > shard["bytes"]:
+            raise _field(path, f"{at}.count", f"is {shard['count']:,} images, more than the {shard['bytes']:,} "
+                                              f"bytes of {name} (its 'bytes') can hold as "
+                                              f"{'x'.join(map(str, layout.shape))} images")
         if not isinstance(shard["sha256"], str) or not _SHA256.fullmatch(shard["sha256"]):
             raise _field(path, f"{at}.sha256", "must be 64 lowercase hex digits")
     total = sum(s["count"] for s in entry["shards"])
@@ -425,10 +438,11 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
     splits = manifest["splits"]
     if not isinstance(splits, dict) or not splits:
         raise _field(path, "splits", "must be a non-empty object")
+    layout = manifest_layout(manifest)
     for split, entry in splits.items():
         if split not in SPLITS:
             raise _field(path, f"splits.{split}", f"is not a known split ({', '.join(SPLITS)})")
-        _validate_split(path, split, entry)
+        _validate_split(path, split, entry, layout)
     totals = manifest["totals"]
     want = {"samples": sum(e["count"] for e in splits.values()),
             "shards": sum(len(e["shards"]) for e in splits.values()),
@@ -451,10 +465,23 @@ def manifest_classes(manifest: Mapping[str, Any]) -> tuple[str, ...] | None:
     return None if classes is None else tuple(classes["names"])
 
 
+def read_manifest_bytes(path: Path) -> bytes:
+    """The bytes of manifest file `path`, at most MAX_MANIFEST_BYTES (as for a served one); FileNotFoundError
+    if absent, a one-line UserError for anything but a regular file (a FIFO is never waited on, /dev/zero
+    never read to the end) or a bigger file."""
+    remedy = f"remove it and rerun `distgan prepare --out {path.parent}`"
+    with open_regular(path, "a manifest file", remedy) as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise UserError(f"{path}: over {MAX_MANIFEST_BYTES:,} bytes, too big for a distgan shard manifest; "
+                        f"{remedy}")
+    return data
+
+
 def load_manifest_json(path: Path) -> Any:
-    """The parsed JSON of a manifest file, unvalidated; UserError if missing or not JSON."""
+    """The parsed JSON of a manifest file (read_manifest_bytes), unvalidated; UserError if missing or not JSON."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_manifest_bytes(path))
     except FileNotFoundError as e:
         raise UserError(f"{path}: missing; run `distgan prepare --out {path.parent}` first") from e
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested 1,000s deep
@@ -517,9 +544,11 @@ def verify_split(out: Path, manifest: Mapping[str, Any], split: str) -> None:
 
 
 __all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "WIDE_FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST",
-           "PACK_BYTES", "MAX_PACK_IMAGES", "PACK_SIZE", "MAX_SIDE", "CHANNELS", "UNLABELLED", "BYTE_CLASSES",
+           "MAX_MANIFEST_BYTES", "PACK_BYTES", "MAX_PACK_IMAGES", "PACK_SIZE", "MAX_SIDE", "CHANNELS", "UNLABELLED",
+           "BYTE_CLASSES",
            "MAX_CLASSES", "check_num_classes", "label_bytes_for", "SPLITS", "MEMBERS",
            "IMAGE_BYTES", "Layout", "shard_name",
            "is_shard_name", "sample_key", "write_shard", "read_shard", "validate_manifest",
-           "manifest_layout", "manifest_classes", "load_manifest_json", "is_distgan_manifest", "read_manifest",
+           "manifest_layout", "manifest_classes", "read_manifest_bytes", "load_manifest_json", "is_distgan_manifest",
+           "read_manifest",
            "write_manifest", "write_incomplete_manifest", "verify_split"]

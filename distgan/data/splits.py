@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from distgan.data import load_split
+from distgan.data.shards import MANIFEST, read_manifest_bytes
 from distgan.errors import UserError
 
 
@@ -17,10 +18,10 @@ def split_fingerprint(split_dir: str | Path) -> str | None:
     """SHA-256 of a prepared split's shard list (names and sha256s from manifest.json); None if unreadable."""
     split_dir = Path(split_dir)
     try:
-        manifest = json.loads((split_dir.parent / "manifest.json").read_text())
+        manifest = json.loads(read_manifest_bytes(split_dir.parent / MANIFEST))  # bounded, never a FIFO's wait
         shards = manifest["splits"][split_dir.name]["shards"]
         listing = [(str(s["name"]), str(s["sha256"])) for s in shards]
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested 1,000s deep
+    except (UserError, OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deep JSON
         return None
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
@@ -43,7 +44,6 @@ def canonical_images(images: np.ndarray, what: str) -> np.ndarray:
 def load_split_images(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images, int64 labels) of a prepared split, via distgan.data.load_split: images N x H x W
     for one channel (as the loader returns (N, H, W), or (N, 1, H, W)), N x 3 x H x W for colour."""
-
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise UserError(f"split directory {split_dir} not found; pass --shards DIR, the output of "

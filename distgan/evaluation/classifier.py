@@ -25,7 +25,7 @@ from torch import nn
 from distgan.atomic import write_bytes_atomic
 from distgan.data.splits import load_split_images, split_fingerprint
 from distgan.errors import UserError
-from distgan.evaluation.metrics import FeatureSet, compute_metrics, inception_score
+from distgan.evaluation.metrics import MIN_SAMPLES, FeatureSet, compute_metrics, inception_score
 from distgan.hashing import state_dict_sha256
 from distgan.pixels import MNIST_SHAPE, to_signed
 
@@ -308,7 +308,6 @@ def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, e
     sha256, input shape, K, class names (given, else from the manifest when it records them), the test
     features and the reference scores of real data. Returns {"path", "sha256", "accuracy", "seconds",
     "reference", "reference_test_is", "test_size", "input_shape", "num_classes", "class_names"}."""
-
     shards = Path(shards)
     for split in ("train", "test"):
         if not (shards / split).is_dir():
@@ -321,10 +320,15 @@ def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, e
         class_names = manifest_class_names(shards)
     train_x, train_y = load_split_images(shards / "train")
     if max_train is not None:  # the first images in key order: a quick classifier for checks and tests
-        if max_train < 2:
-            raise UserError(f"--max-train must be at least 2, got {max_train}")
+        if max_train < MIN_SAMPLES:
+            raise UserError(f"--max-train must be at least {MIN_SAMPLES} (precision/recall's k=3 nearest "
+                            f"neighbours), got {max_train}")
         train_x, train_y = train_x[:max_train], train_y[:max_train]
     test_x, test_y = load_split_images(shards / "test")
+    for split, images in (("train", train_x), ("test", test_x)):
+        if len(images) < MIN_SAMPLES:  # the reference scores compare the splits
+            raise UserError(f"{shards / split} has {len(images)} image(s); the classifier's reference scores need "
+                            f"at least {MIN_SAMPLES}")
     shape = check_input_shape(image_shape(train_x))
     if image_shape(test_x) != shape:
         raise UserError(f"{shards / 'test'} images have shape {image_shape(test_x)} but {shards / 'train'} "

@@ -32,7 +32,7 @@ from distgan.evaluation.classifier import (
     load_classifier_file,
     to_input,
 )
-from distgan.evaluation.metrics import FeatureSet, compute_metrics
+from distgan.evaluation.metrics import MIN_SAMPLES, FeatureSet, compute_metrics
 from distgan.generator.sampling import class_freqs_of, eval_labels, fixed_noise, num_classes_of
 from distgan.pixels import to_uint8
 
@@ -117,8 +117,8 @@ def real_features(clf: Classifier, test_split: str | Path | None) -> FeatureSet:
     key = (clf.sha256, fp or str(Path(test_split).resolve()))
     if key not in _REAL:
         images, labels = load_split_images(test_split)
-        if len(images) < 2:
-            raise UserError(f"split {test_split} has {len(images)} images; need at least 2")
+        if len(images) < MIN_SAMPLES:
+            raise UserError(f"split {test_split} has {len(images)} images; scoring needs at least {MIN_SAMPLES}")
         check_images_fit(clf.model, images, f"the real images of {test_split}")
         _REAL[key] = FeatureSet(*embed_images(clf.model, images), torch.as_tensor(labels).long())
     return _REAL[key]
@@ -258,6 +258,8 @@ def evaluate_images(accelerator: Any | None, images: torch.Tensor | np.ndarray, 
     were generated for, the scores add label_accuracy and intra_fid. Collective when `accelerator` is given
     (every rank passes the same images, each featurizes its share); returns the same dict on every rank."""
     images = torch.as_tensor(np.asarray(images))
+    if len(images) < MIN_SAMPLES:
+        raise UserError(f"{len(images)} image(s) to score; scoring needs at least {MIN_SAMPLES}")
     clf = load_classifier(classifier_path)
     check_images_fit(clf.model, images, "the images to score")  # on every rank: none waits in the gather
     y = None
@@ -289,8 +291,9 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
     `stop_seen`, the main process's own flag (no collective), checked between the parts of the scoring;
     when either says stop, EvaluationAbandoned is raised on every rank.
     """
-    if n < 2:
-        raise UserError(f"evaluation needs at least 2 samples, got n={n}")
+    if n < MIN_SAMPLES:
+        raise UserError(f"evaluation needs at least {MIN_SAMPLES} samples (precision/recall's k=3 nearest "
+                        f"neighbours), got n={n}")
     g = accelerator.unwrap_model(generator) if accelerator is not None else generator
     z_dim = int(g.z_dim)
     noise = fixed_noise(n, z_dim, seed)

@@ -27,6 +27,7 @@ from torch import nn
 # line on its first run in an environment), which every `distgan train` would pay at start-up otherwise.
 
 K_NEAREST = 3
+MIN_SAMPLES = K_NEAREST + 1  # precision/recall: each point's k-th nearest other point needs k + 1 points
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
@@ -134,7 +135,11 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = K_NEARE
                      chunk: int = 1000, check: Check = _no_check) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of
     balls reaching each point's k-th nearest neighbour. Precision: share of fakes inside the real
-    manifold; recall: share of reals inside the fake manifold. `check` runs before each chunk."""
+    manifold; recall: share of reals inside the fake manifold. `check` runs before each chunk. Each set needs
+    more than k points (ValueError otherwise)."""
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision and recall with k={k} need at least {k + 1} real and {k + 1} generated "
+                         f"samples, got {len(real)} and {len(fake)}")
     real, fake = real.float(), fake.float()
     r_real = _kth_nn_radius(real, k, chunk, check)
     r_fake = _kth_nn_radius(fake, k, chunk, check)
@@ -209,8 +214,9 @@ def compute_metrics(real: FeatureSet, fake: FeatureSet, *, seed: int = 0,
     manifolds are estimated from equally many points.
     """
     n = len(fake)
-    if n < 2 or len(real) < 2:
-        raise ValueError(f"need at least 2 real and 2 generated samples, got {len(real)} and {n}")
+    if n < MIN_SAMPLES or len(real) < MIN_SAMPLES:
+        raise ValueError(f"need at least {MIN_SAMPLES} real and {MIN_SAMPLES} generated samples (precision and "
+                         f"recall use each one's {K_NEAREST} nearest neighbours), got {len(real)} and {n}")
     if real.features.shape[1] != fake.features.shape[1] or real.logits.shape[1] != fake.logits.shape[1]:
         raise ValueError(f"real and generated sets come from different classifiers: features "
                          f"{real.features.shape[1]} vs {fake.features.shape[1]}, classes {real.logits.shape[1]} vs "

@@ -19,7 +19,7 @@ from distgan.data.splits import load_split_images, split_fingerprint
 from distgan.errors import UserError
 from distgan.evaluation.evaluate import evaluate_generator, evaluate_images, load_classifier
 from distgan.evaluation.inception import WEIGHTS_SHA256, inception_features, load_inception
-from distgan.evaluation.metrics import fid, kid, precision_recall
+from distgan.evaluation.metrics import MIN_SAMPLES, fid, kid, precision_recall
 from distgan.generator.loading import load_generator
 from distgan.generator.sampling import class_freqs_of, eval_labels, num_classes_of, sample_images
 from distgan.pixels import MNIST_SHAPE
@@ -66,16 +66,18 @@ def _read_npz(path: Path, with_labels: bool) -> tuple[np.ndarray, np.ndarray | N
     return images, labels
 
 
-def load_samples(path: str | Path, n: int | None, expected: tuple[int, int, int] | None) -> np.ndarray:
+def load_samples(path: str | Path, n: int | None, expected: tuple[int, int, int] | None, *,
+                 minimum: int = 2) -> np.ndarray:
     """The first n uint8 images of an .npz with key `images`, checked against the classifier's input shape
     `expected` = (C, H, W) (None: any size). Accepts N x H x W, N x 1 x H x W,
     N x H x W x 3 and N x 3 x H x W; returns N x H x W (one channel) or N x 3 x H x W. UserError (one
-    line, naming the file's shape and the classifier's) if malformed."""
-    return load_labelled_samples(path, n, expected, with_labels=False)[0]
+    line, naming the file's shape and the classifier's) if malformed, or with fewer than `minimum` images
+    (scoring needs MIN_SAMPLES)."""
+    return load_labelled_samples(path, n, expected, with_labels=False, minimum=minimum)[0]
 
 
 def load_labelled_samples(path: str | Path, n: int | None, expected: tuple[int, int, int] | None, *,
-                          with_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                          with_labels: bool = True, minimum: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
     """load_samples, plus the first n of the file's `labels` (int64 (N,), the classes the images were
     generated for, as `distgan sample` writes for a conditional G), or None when the file has none."""
     path = Path(path)
@@ -109,8 +111,8 @@ def load_labelled_samples(path: str | Path, n: int | None, expected: tuple[int, 
         images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
-    if len(images) < 2:
-        raise UserError(f"{path}: {len(images)} image(s); scoring needs at least 2")
+    if len(images) < minimum:
+        raise UserError(f"{path}: {len(images)} image(s); scoring needs at least {minimum}")
     return images, (labels[: len(images)] if labels is not None else None)
 
 
@@ -204,14 +206,15 @@ def score(accelerator: Any, *, checkpoint: str | Path | None = None, samples: st
     `reference` (real train vs test), `source`, `real` (what the samples were compared with) and
     `num_processes`; the same dict on every rank.
     """
-
-    if n < 2:
-        raise UserError(f"--n must be at least 2, got {n}")
+    if n < MIN_SAMPLES:
+        raise UserError(f"--n must be at least {MIN_SAMPLES} (precision/recall's k=3 nearest neighbours), got {n}")
     if (checkpoint is None) == (samples is None):
         raise UserError("score either a checkpoint or a samples file")
     classifier_path, test_split = resolve_paths(shards, classifier)
     clf = load_classifier(classifier_path)
-    images, labels = load_labelled_samples(samples, n, clf.input_shape) if samples is not None else (None, None)
+    images, labels = None, None
+    if samples is not None:
+        images, labels = load_labelled_samples(samples, n, clf.input_shape, minimum=MIN_SAMPLES)
     common = dict(classifier_path=classifier_path, test_split=test_split, seed=seed, batch_size=batch_size)
     if images is not None:
         source = f"{len(images)} {'labelled ' if labels is not None else ''}images from {samples}"
@@ -236,9 +239,8 @@ def score_inception(accelerator: Any, *, shards: str | Path, checkpoint: str | P
     seeded random subset when the split is larger). The main process computes; every rank returns the
     same dict. The real features are cached under ~/.cache/distgan/inception/, keyed by the split's
     fingerprint, the weights' sha256, n and the seed, so they are computed once per dataset."""
-
-    if n < 2:
-        raise UserError(f"--n must be at least 2, got {n}")
+    if n < MIN_SAMPLES:
+        raise UserError(f"--n must be at least {MIN_SAMPLES} (precision/recall's k=3 nearest neighbours), got {n}")
     if (checkpoint is None) == (samples is None):
         raise UserError("score either a checkpoint or a samples file")
     return on_main(accelerator, lambda: _score_inception_here(Path(shards), checkpoint, samples, n, seed,
@@ -258,7 +260,7 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
         raise UserError(f"{test_split} not found; --shards must be the output of `distgan prepare`")
     load_inception(device)  # a missing or altered weights file stops here, before any sampling
     if samples is not None:
-        images = load_samples(samples, n, expected=None)
+        images = load_samples(samples, n, expected=None, minimum=MIN_SAMPLES)
         source = f"{len(images)} images from {samples}"
     else:
 
@@ -289,6 +291,8 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
         buf = io.BytesIO()
         torch.save({"key": key, "features": real}, buf)
         write_bytes_atomic(cache, buf.getvalue())
+    if len(real) < MIN_SAMPLES:
+        raise UserError(f"{test_split} has {len(real)} image(s); scoring needs at least {MIN_SAMPLES}")
     fake = inception_features(images, batch_size=batch_size, device=device)
     kid_mean, kid_std = kid(real, fake, seed=seed)
     precision, recall = precision_recall(real, fake)

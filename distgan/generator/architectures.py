@@ -178,3 +178,25 @@ def build_generator(cfg: ModelConfig, image_shape: Sequence[int]) -> nn.Module:
     return g
 
 
+
+
+def model_sizes(cfg: ModelConfig) -> str:
+    """The config keys that set the networks' sizes, with their values (for a one-line error)."""
+    widths = (f"model.g_hidden={list(cfg.g_hidden)}, model.d_hidden={list(cfg.d_hidden)}" if cfg.arch == "mlp"
+              else f"model.g_width={cfg.g_width}, model.d_width={cfg.d_width}")
+    shape = list(cfg.image_shape) if cfg.image_shape is not None else None
+    return f"model.arch={cfg.arch}, {widths}, model.z_dim={cfg.z_dim}, image shape {shape}"
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is a failed allocation: MemoryError, or torch's RuntimeError for one (CPU: "can't allocate
+    memory"; CUDA: OutOfMemoryError)."""
+    if isinstance(e, MemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
+def out_of_memory_error(cfg: ModelConfig, what: str) -> UserError:
+    """The one line for an allocation that failed while building `what` from `cfg`."""
+    return UserError(f"not enough memory to build {what} ({model_sizes(cfg)}); use smaller model sizes, "
+                     f"or a machine (or device) with more memory")

@@ -121,7 +121,6 @@ def generator_image_shape(generator: torch.nn.Module) -> tuple[int, int, int]:
 def sample_grid(generator: torch.nn.Module, grid_size: int = 8, seed: int = 0) -> Image.Image:
     """A grid_size x grid_size grid of samples of `generator` (noise from `seed`), grayscale or RGB; for a
     conditional generator, one row of grid_size samples per class."""
-
     grid = fixed_grid(generator, grid_size, seed)
     return Image.fromarray(grid, mode="L" if grid.ndim == 2 else "RGB")
 
@@ -134,7 +133,6 @@ def manifest_sha256(data_dir: str | Path) -> str | None:
 
 def onnx_inputs(generator: torch.nn.Module, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Example inputs of the ONNX graph by name: `z` (batch, z_dim) and, for a conditional G, `labels` (batch,)."""
-
     inputs = {"z": fixed_noise(batch, int(generator.z_dim), seed)}
     if num_classes_of(generator):
         inputs["labels"] = cycle_labels(batch, num_classes_of(generator))

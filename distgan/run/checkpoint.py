@@ -16,9 +16,11 @@ crash left) `<name>` absent, readers use `.old_<name>` in its place, and the nex
 before it starts, so a checkpoint that existed is never lost. The next save deletes `.tmp_*` leftovers
 and `step_*` directories without a marker (an interrupted copy, or a save of the old in-place layout).
 
-Loading verifies every file's size and sha256 against the marker and that every weight is finite.
-`latest_checkpoint` (resume=auto) skips a damaged checkpoint with a one-line warning; naming a damaged
-checkpoint explicitly is a one-line UserError. A marker of the old format (a bare step number, written
+Loading verifies every file's size and sha256 against the marker and that every weight is finite; a marker
+over MAX_MARKER_BYTES or nested too deep to parse is damage too. `latest_checkpoint` (resume=auto) skips a
+damaged checkpoint with a one-line warning; naming a damaged checkpoint explicitly is a one-line UserError.
+Resuming also checks trainer_state.json's fields (`parse_train_state`): a file edited and resealed is one
+line. A marker of the old format (a bare step number, written
 before file lists existed) is accepted with a warning: its files cannot be verified, only checked for
 presence and finite weights.
 
@@ -34,6 +36,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -64,6 +67,9 @@ BEST = "best"
 TMP_PREFIX = ".tmp_"  # a checkpoint being written (or left by a crash): never read, deleted by the next save
 OLD_PREFIX = ".old_"  # a checkpoint being replaced: stands in for its name while that is absent
 FULL_MARGIN = 64 << 10  # bytes: less free than this after a failed write is a full disk
+MAX_MARKER_BYTES = 4 << 20  # a marker lists a few files per rank: ~150 bytes each; more is not one
+MAX_STATE_BYTES = 1 << 20  # trainer_state.json: a few hundred bytes
+MAX_COUNT = 2**63 - 1  # a step, epoch or sample count beyond int64 was not written by the trainer
 
 _SAVE_REMEDY = {
     "space": "free space or set run.dir elsewhere (earlier checkpoints are intact)",
@@ -80,6 +86,47 @@ class TrainState:
     epoch: int = 0
     start_sample: int = 0
     best_fid: float | None = None
+
+
+def _count_problem(state: dict[str, Any], name: str) -> str | None:
+    value = state.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return f"state.{name} must be an integer from 0 to 2**63-1, got {value!r:.40}"
+    return None
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def parse_train_state(data: Any) -> TrainState:
+    """The TrainState of a trainer_state.json's data; ValueError naming the field that is not valid (counts:
+    integers 0..2**63-1; best_fid: a finite number or null; no unknown fields; a missing one: its default)."""
+    state = data.get("state") if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError("it holds no `state` mapping")
+    unknown = sorted(set(state) - set(TrainState.__dataclass_fields__), key=str)
+    if unknown:
+        raise ValueError(f"state.{unknown[0]!s:.40} is not a field of the training state")
+    problem = next(filter(None, (_count_problem(state, n) for n in ("step", "epoch", "start_sample"))), None)
+    if problem:
+        raise ValueError(problem)
+    best = state.get("best_fid")
+    if best is not None and not _is_finite_number(best):
+        raise ValueError(f"state.best_fid must be a finite number or null, got {best!r:.40}")
+    return TrainState(**{**state, "best_fid": None if best is None else float(best)})
+
+
+def read_capped(path: Path, limit: int) -> bytes | None:
+    """The bytes of the file `path`, or None when it holds more than `limit` (no more than that is read)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -157,14 +204,16 @@ def checkpoint_problem(path: str | Path, warn: bool = True) -> str | None:
     """
     path = Path(path)
     try:
-        text = (path / MARKER).read_text()
+        data = read_capped(path / MARKER, MAX_MARKER_BYTES)
     except FileNotFoundError:
         return f"it has no {MARKER} marker (an interrupted save)"
-    except (OSError, UnicodeDecodeError) as e:
-        return f"its {MARKER} marker cannot be read ({getattr(e, 'strerror', None) or e})"
+    except OSError as e:
+        return f"its {MARKER} marker cannot be read ({e.strerror or e})"
+    if data is None:
+        return f"its {MARKER} marker is over {MAX_MARKER_BYTES >> 20} MiB (a marker is a small JSON file)"
     try:
-        manifest = json.loads(text)
-    except ValueError:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; RecursionError: JSON nested 1,000s deep
         return f"its {MARKER} marker is garbled"
     if isinstance(manifest, int) and not isinstance(manifest, bool):
         if warn:
@@ -178,7 +227,7 @@ def checkpoint_problem(path: str | Path, warn: bool = True) -> str | None:
         if manifest["format"] != MARKER_FORMAT:
             return f"its {MARKER} marker has an unknown format {manifest['format']!r}"
         files = {str(rel): (int(meta["size"]), str(meta["sha256"])) for rel, meta in manifest["files"].items()}
-    except (TypeError, KeyError, ValueError, AttributeError):
+    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):  # OverflowError: a size of 1e400
         return f"its {MARKER} marker is garbled"
     for rel, (size, digest) in sorted(files.items()):
         if Path(rel).is_absolute() or ".." in Path(rel).parts or rel == MARKER:
@@ -428,6 +477,24 @@ def prune_checkpoints(run_dir: Path, keep: int, protect: Path | None = None) -> 
             shutil.rmtree(path, ignore_errors=True)
 
 
+def read_train_state(path: Path) -> tuple[dict[str, Any], TrainState]:
+    """A checkpoint's trainer_state.json: its data and its checked TrainState; a one-line UserError naming the
+    checkpoint and the field otherwise (a marker resealed over a hand-edited file is no guarantee)."""
+    file = Path(path) / STATE_FILE
+    try:
+        data = read_capped(file, MAX_STATE_BYTES)
+        if data is None:
+            raise ValueError(f"it is over {MAX_STATE_BYTES >> 20} MiB")
+        extra = json.loads(data)
+        return extra, parse_train_state(extra)
+    except (OSError, ValueError, RecursionError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        if isinstance(e, json.JSONDecodeError | UnicodeDecodeError | RecursionError):
+            reason = "it is not valid JSON"
+        raise UserError(f"cannot resume from checkpoint {path}: {STATE_FILE}: {reason}; use an earlier checkpoint") \
+            from None
+
+
 def load_checkpoint(accelerator: Any, path: Path, *, ema: Any, precision: Any) -> TrainState:
     """Collective: verify the checkpoint, restore models, optimizers, RNG states, EMA and scalers; return
     the training state. A damaged checkpoint (or non-finite weights) is a one-line UserError on every rank."""
@@ -440,12 +507,12 @@ def load_checkpoint(accelerator: Any, path: Path, *, ema: Any, precision: Any) -
     error = _first_error(accelerator, (problem, 0) if problem else None)
     if error is not None:
         raise UserError(f"cannot resume from checkpoint {path}: {error[0]}; use an earlier checkpoint")
+    extra, state = read_train_state(path)  # before anything is restored
     try:
         accelerator.load_state(str(path))
         ema.load_state_dict(load_file(str(path / EMA_FILE)))  # copied onto the EMA's device
-        extra = json.loads((path / STATE_FILE).read_text())
         precision.load_state_dict(extra.get("scalers", {}))
-        return TrainState(**extra["state"])
+        return state
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError,
             SafetensorError) as e:
         # Reachable with an old-format (unverifiable) marker, or a checkpoint changed after verification.

@@ -16,6 +16,7 @@ the trainer calls `sync()` (fsync) before it saves each checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,9 +24,9 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from distgan.atomic import fixable_errno, write_bytes_atomic, write_error
+from distgan.atomic import atomic_path, fixable_errno, write_bytes_atomic, write_error
 
 log = logging.getLogger(__name__)
 
@@ -76,26 +77,47 @@ def _parse_row(line: bytes, source: str | os.PathLike[str], number: int) -> dict
     return row
 
 
+def _read_lines(f: BinaryIO, source: str | os.PathLike[str]) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number, offset, line with its newline) for each complete line of `f`, read MAX_LINE_BYTES at most
+    at a time: memory stays at one line. A longer line is read past with a warning and given as None; a torn
+    last line (no newline at the end of the file) is not given."""
+    number = 0
+    while True:
+        offset = f.tell()
+        line = f.readline(MAX_LINE_BYTES)
+        if not line:
+            return
+        number += 1
+        if line.endswith(b"\n"):
+            yield number, offset, line
+            continue
+        if len(line) < MAX_LINE_BYTES:  # the end of the file: a torn last line
+            if line.strip():
+                log.info("%s: dropping a torn last line (%d bytes)", source, len(line))
+            return
+        while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        log.warning("%s:%d: a line of more than %d bytes, not a metrics row, ignored", source, number,
+                    MAX_LINE_BYTES)
+        yield number, offset, None
+
+
 def iter_metrics(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """The rows of a metrics.jsonl file one by one, as `read_metrics` gives them, reading a line at a time:
     memory stays at one row whatever the file's size (a line over MAX_LINE_BYTES is skipped with a warning)."""
     with open(path, "rb") as f:
-        number = 0
-        while line := f.readline(MAX_LINE_BYTES):
-            number += 1
-            if not line.endswith(b"\n"):
-                if len(line) < MAX_LINE_BYTES:  # the end of the file: a torn last line
-                    if line.strip():
-                        log.info("%s: dropping a torn last line (%d bytes)", path, len(line))
-                    return
-                while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                    pass
-                log.warning("%s:%d: a line of more than %d bytes, not a metrics row, ignored", path, number,
-                            MAX_LINE_BYTES)
-                continue
-            row = _parse_row(line[:-1], path, number)
+        for number, _, line in _read_lines(f, path):
+            row = None if line is None else _parse_row(line[:-1], path, number)
             if row is not None:
                 yield row
+
+
+def _copy_prefix(path: Path, out: BinaryIO, size: int) -> None:
+    """Copy the first `size` bytes of `path` to `out`, a bounded piece at a time."""
+    with open(path, "rb") as src:
+        while size > 0 and (chunk := src.read(min(size, MAX_LINE_BYTES))):
+            out.write(chunk)
+            size -= len(chunk)
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -118,22 +140,41 @@ class MetricsFile:
             self._truncate_after(resume_step)
 
     def _truncate_after(self, resume_step: int) -> None:
-        """Keep the rows with step <= resume_step (all of them are from before the checkpoint resumed)."""
+        """Keep the rows with step <= resume_step (all of them are from before the checkpoint resumed).
+
+        Streams the file (memory stays at one line whatever its size) and rewrites it atomically only when
+        something is dropped: the leading lines that are all kept are copied as they are, then the kept rest."""
         try:
-            data = self.path.read_bytes()
+            f = open(self.path, "rb")
         except FileNotFoundError:
-            data = None
-        if data is None:
             write_bytes_atomic(self.path, b"")  # the file exists from set-up on, even before the first log
             return
-        rows = _rows_and_lines(data, self.path)
-        kept = [line for row, line in rows if row["step"] <= resume_step]
-        text = b"".join(kept)
-        if text != data:
-            if len(kept) < len(rows):
-                log.info("%s: dropping %d rows logged after step %d (they will be logged again)", self.path,
-                         len(rows) - len(kept), resume_step)
-            write_bytes_atomic(self.path, text)
+        dropped = 0  # rows logged after resume_step
+        with f, contextlib.ExitStack() as stack:
+            out: BinaryIO | None = None
+            kept_bytes = 0  # the leading lines, all kept, while nothing was dropped
+            for number, _, line in _read_lines(f, self.path):
+                row = None if line is None else _parse_row(line[:-1], self.path, number)
+                keep = row is not None and row["step"] <= resume_step
+                dropped += row is not None and not keep
+                if out is None and keep:
+                    kept_bytes += len(line)
+                    continue
+                if out is None:
+                    out = self._start_rewrite(stack, kept_bytes)
+                if keep:
+                    out.write(line)
+            if out is None and kept_bytes != os.fstat(f.fileno()).st_size:  # a torn last line
+                self._start_rewrite(stack, kept_bytes)
+        if dropped:
+            log.info("%s: dropping %d rows logged after step %d (they will be logged again)", self.path, dropped,
+                     resume_step)
+
+    def _start_rewrite(self, stack: contextlib.ExitStack, prefix: int) -> BinaryIO:
+        """A temporary file renamed onto the file when `stack` closes, holding its first `prefix` bytes so far."""
+        out = stack.enter_context(open(stack.enter_context(atomic_path(self.path)), "wb"))
+        _copy_prefix(self.path, out, prefix)
+        return out
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         """Append one row: `step`, the wall time, then `values` (a logging call's scalars)."""

@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 
 from distgan.config import Config, TrainConfig
-from distgan.generator.architectures import build_generator
+from distgan.generator.architectures import build_generator, is_out_of_memory, out_of_memory_error
 from distgan.training.discriminators import build_discriminator
 from distgan.training.ema import EMA
 from distgan.training.grad_sync import register_canonical_allreduce
@@ -38,7 +38,18 @@ def build_networks(cfg: Config, accelerator: Any, class_freqs: Sequence[float] |
     """Fresh G and D (identical on every rank), Adam for each, the EMA of G; all on the accelerator's device.
 
     A conditional G keeps `class_freqs` (the train split's class frequencies) to draw its fake labels from.
+    Memory running out while they are built (or moved to the device) is a one-line UserError naming the
+    model's size keys.
     """
+    try:
+        return _build_networks(cfg, accelerator, class_freqs)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise out_of_memory_error(cfg.model, f"G, D and the EMA of G on {accelerator.device}") from None
+
+
+def _build_networks(cfg: Config, accelerator: Any, class_freqs: Sequence[float] | None) -> Networks:
     set_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     if cfg.model.image_shape is None:
         raise ValueError("model.image_shape is not set: the trainer fills it in from the dataset's manifest")

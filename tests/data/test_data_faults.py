@@ -253,11 +253,13 @@ def _tar_end(length: int) -> bytes:
 
 
 def _swap_shard(split: Path, data: bytes) -> Path:
-    """Replace the split's first shard by `data` and make the manifest vouch for it (size, sha256)."""
+    """Replace the split's first shard by `data` and make the manifest vouch for it (size, sha256); `data` is
+    padded with zeros to the old size (a tar's end), so that the size can still hold the shard's count."""
     manifest_path = split.parent / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     shard = manifest["splits"][split.name]["shards"][0]
     path = split / shard["name"]
+    data += bytes(max(0, shard["bytes"] - len(data)))
     path.write_bytes(data)
     shard["bytes"], shard["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

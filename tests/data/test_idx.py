@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,42 @@ def test_cli_bad_file_is_one_line(mnist_raw, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("distgan prepare: error:"), proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _dir(path: Path) -> None:
+    path.mkdir()
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+ODD_FILES = {"fifo": (_fifo, "is a FIFO (named pipe), not an IDX file"),
+             "dir": (_dir, "is a directory, not an IDX file"),
+             "dev_zero": (_dev_zero, "is a character device, not an IDX file")}
+
+
+@pytest.mark.timeout(30)  # a FIFO opened for reading waits for a writer: never again
+@pytest.mark.parametrize("case", sorted(ODD_FILES))
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_raw_file_that_is_no_regular_file(tmp_path, case, gz):
+    """Before the fix a FIFO, a directory or a link to /dev/zero where an IDX file belongs was "missing";
+    now find_raw_files says what it is, and parse_idx (handed one directly) neither blocks nor reads it."""
+    make, message = ODD_FILES[case]
+    for name in FILES.values():
+        (tmp_path / name).write_bytes(b"")
+    odd = tmp_path / (FILES["train_labels"] if gz else FILES["train_labels"].removesuffix(".gz"))
+    (tmp_path / FILES["train_labels"]).unlink()
+    make(odd)
+    start = time.monotonic()
+    with pytest.raises(UserError) as exc:
+        find_raw_files(tmp_path)
+    assert _one_line_error(exc, odd).startswith(f"{odd}: {message}; ")
+    with pytest.raises(UserError) as exc:
+        parse_idx(odd, kind="labels")
+    assert _one_line_error(exc, odd).startswith(f"{odd}: {message}; ")
+    assert time.monotonic() - start < 2

@@ -23,7 +23,14 @@ from conftest import REPO, accelerate_launch, child_env
 
 from distgan.data import build_loader, load_split, samples_per_epoch
 from distgan.data.prepare import prepare
-from distgan.data.remote import REMOTE, FetchPolicy, default_cache_dir, ensure_shard, open_dataset
+from distgan.data.remote import (
+    MAX_MANIFEST_BYTES,
+    REMOTE,
+    FetchPolicy,
+    default_cache_dir,
+    ensure_shard,
+    open_dataset,
+)
 from distgan.errors import UserError
 from distgan.locks import wait_for_lock
 
@@ -398,6 +405,51 @@ def test_remote_manifest_fields_must_match_exactly(serve, shards7, tmp_path, fie
         msg = one_line(exc)
         assert msg.startswith(f"{url.rstrip('/')}/manifest.json: field 'splits.train.shards[0].{field}'"), msg
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.tar"))
+
+
+@pytest.mark.timeout(60)
+def test_served_manifest_count_beyond_its_bytes(serve, shards7, tmp_path):
+    """A served manifest goes through the same validation as a local one: a shard count raised by 10^12 (split
+    count, totals and class counts kept consistent) is refused before any cache directory is made."""
+    served = tmp_path / "served"
+    served.mkdir()
+    manifest = json.loads((shards7 / "manifest.json").read_text())
+    shard = manifest["splits"]["train"]["shards"][0]
+    for counts in (shard, manifest["splits"]["train"]):
+        counts["count"] += 10**12
+    manifest["totals"]["train"] += 10**12
+    manifest["totals"]["samples"] += 10**12
+    manifest["classes"]["counts"]["train"][0] += 10**12
+    (served / "manifest.json").write_text(json.dumps(manifest))
+    for i, url in enumerate((serve(served).url, served.as_uri())):  # http://, file://
+        with pytest.raises(UserError) as exc:
+            open_dataset(url, tmp_path / "cache" / str(i))
+        msg = one_line(exc)
+        assert msg.startswith(f"{url.rstrip('/')}/manifest.json: field 'splits.train.shards[0].count' is "
+                              f"{shard['count']:,} images, more than the {shard['bytes']:,} bytes of "
+                              f"{shard['name']}"), msg
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.timeout(60)
+def test_served_manifest_over_the_cap_fails_at_the_first_try(serve, tmp_path):
+    """Before the fix a manifest over MAX_MANIFEST_BYTES was fetched 6 times (~30 s of back-off) although the
+    same file comes back each time; now the first try that passes the cap ends it."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with open(served / "manifest.json", "wb") as f:
+        f.truncate(MAX_MANIFEST_BYTES + 1)
+    server = serve(served)
+    policy = FetchPolicy(attempts=6, backoff_s=1.0, stall_s=5)
+    for i, url in enumerate((server.url, served.as_uri())):  # http://, file://
+        start = time.monotonic()
+        with pytest.raises(UserError) as exc:
+            open_dataset(url, tmp_path / "cache" / str(i), policy=policy)
+        msg = one_line(exc)
+        assert "download failed after 1 try" in msg, msg
+        assert f"sent more than the {MAX_MANIFEST_BYTES} bytes expected" in msg, msg
+        assert time.monotonic() - start < 2
+    assert server.requests["/manifest.json"] == 1 and not (tmp_path / "cache").exists()
 
 
 def test_fsspec_schemes_without_their_backend(tmp_path):

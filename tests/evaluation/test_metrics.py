@@ -90,3 +90,30 @@ def test_compute_metrics_keys_and_identity(monkeypatch):
     assert s["classes"] == 10 and s["class_kl"] == pytest.approx(0.0, abs=1e-12) and s["n"] == 1200
     with pytest.raises(ValueError):
         M.compute_metrics(M.FeatureSet(feats, logits), M.FeatureSet(feats[:1], logits[:1]))
+
+
+def test_fewer_samples_than_precision_recall_needs_are_refused_consistently(tmp_path):
+    """k=3 nearest neighbours need 4 points: 2 or 3 images passed the old "at least 2" check, then failed in
+    torch.topk (`selected index k out of range`). Every entry point now asks for MIN_SAMPLES = 4, in one line."""
+    from distgan.errors import UserError
+    from distgan.evaluation.evaluate import evaluate_images
+    from distgan.evaluation.report import load_samples, score
+
+    assert M.MIN_SAMPLES == M.K_NEAREST + 1 == 4
+    g = torch.Generator().manual_seed(0)
+    feats, logits = torch.randn(4, 8, generator=g), torch.randn(4, 10, generator=g)
+    for n in (2, 3):
+        with pytest.raises(ValueError, match=f"k=3 need at least 4 real and 4 generated samples, got 4 and {n}"):
+            M.precision_recall(feats, feats[:n])
+        with pytest.raises(ValueError, match=f"need at least 4 real and 4 generated samples .* got 4 and {n}"):
+            M.compute_metrics(M.FeatureSet(feats, logits), M.FeatureSet(feats[:n], logits[:n]))
+    assert M.precision_recall(feats, feats) == (1.0, 1.0)  # 4 is enough
+    path = tmp_path / "three.npz"
+    np.savez(path, images=np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(UserError, match=r"three\.npz: 3 image\(s\); scoring needs at least 4$"):
+        load_samples(path, 200, (1, 28, 28), minimum=M.MIN_SAMPLES)
+    with pytest.raises(UserError, match=r"^3 image\(s\) to score; scoring needs at least 4$"):
+        evaluate_images(None, np.zeros((3, 28, 28), np.uint8), classifier_path=tmp_path / "none.pt", test_split=None)
+    for n in (2, 3):
+        with pytest.raises(UserError, match=f"^--n must be at least 4 .*, got {n}$"):
+            score(None, samples=path, n=n)

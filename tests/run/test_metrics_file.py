@@ -70,6 +70,35 @@ def test_unreadable_lines_are_dropped_and_other_ranks_write_nothing(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_resume_streams_a_huge_file_and_rewrites_it_only_when_rows_are_dropped(tmp_path):
+    """A metrics.jsonl of GBs (here a 64 MB line of NULs, sparse) was read whole at resume: 3 GB was a
+    MemoryError. It is streamed: memory stays at a line, the rule is the same (rows past the resume step, a
+    line that is no row and a torn last line dropped), and the rewrite is atomic."""
+    import tracemalloc
+
+    path = tmp_path / "metrics.jsonl"
+    metrics = MetricsFile(tmp_path, resume_step=0)
+    for step in (5, 10):
+        metrics.write(step, {"loss/d": step / 10})
+    kept = path.read_bytes()
+    with open(path, "ab") as f:
+        f.truncate(len(kept) + (64 << 20))  # a hole: NUL bytes, no newline
+        f.seek(0, os.SEEK_END)
+        f.write(b'\n{"step": 10, "eval/fid": 3.0}\n{"step": 15, "loss/d": 1.5}\nnot json\n{"step": 20, "loss/d"')
+    tracemalloc.start()
+    try:
+        MetricsFile(tmp_path, resume_step=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert path.read_bytes() == kept + b'{"step": 10, "eval/fid": 3.0}\n'
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB while resuming over a 64 MB metrics.jsonl"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
+    inode = path.stat().st_ino
+    MetricsFile(tmp_path, resume_step=10)  # nothing to drop: the file is left as it is, not rewritten
+    assert path.stat().st_ino == inode and read_metrics(path)[-1] == {"step": 10, "eval/fid": 3.0}
+
+
 def train(shards, run_dir, *overrides, timeout=240):
     return run_cli(["train", "--config", DEBUG, f"data.dir={shards}", f"run.dir={run_dir}", "log.progress=false",
                     *overrides], timeout=timeout)

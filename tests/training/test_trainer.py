@@ -70,7 +70,8 @@ def test_sample_command_writes_uint8_images_and_grid(mnist_shards, tmp_path):
 
 @pytest.mark.parametrize("extra", [[], ["model.arch=dcgan", "model.g_width=8", "model.d_width=8",
                                         "loss.kind=hinge", "train.d_steps=2", "data.num_workers=2",
-                                        "model.conditional=true", "augment.policy=color,translation,cutout"]],
+                                        "model.conditional=true", "augment.policy=color,translation,cutout",
+                                        "train.batch_size=500"]],  # 2 D batches a step: past an epoch at 14
                          ids=["mlp-bce", "conditional-dcgan-diffaugment-2workers"])
 def test_resume_is_exact(mnist_shards, tmp_path, extra):
     """N steps straight == k steps, stop, resume to N (bitwise on CPU fp32), across an epoch boundary."""

@@ -56,11 +56,11 @@ def test_fashion_mnist_config_trains_samples_and_evaluates(fashion_shards, tmp_p
     assert samples["labels"].tolist() == [i % 10 for i in range(16)]  # conditional: all classes in turn
     clf = tmp_path / "classifier.pt"
     run_cli(["train-classifier", "--shards", str(fashion_shards), "--out", str(clf), "--epochs", "1",
-             "--max-train", "6000"], timeout=600)
+             "--max-train", "3000"], timeout=600)
     run_cli(["eval", "--checkpoint", str(run), "--shards", str(fashion_shards), "--classifier", str(clf),
-             "--n", "500", "--json", str(tmp_path / "scores.json")], timeout=300)
+             "--n", "200", "--json", str(tmp_path / "scores.json")], timeout=300)
     scores = json.loads((tmp_path / "scores.json").read_text())
-    assert np.isfinite(scores["fid"]) and scores["fid"] > 0 and scores["n"] == 500
+    assert np.isfinite(scores["fid"]) and scores["fid"] > 0 and scores["n"] == 200
     assert 0 <= scores["label_accuracy"] <= 1 and np.isfinite(scores["intra_fid"])
 
 
