@@ -259,3 +259,11 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True, timeout=60).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
+
+
+# Paths that are no regular file, each made at `path`: what a user may pass where a file is expected.
+NOT_A_FILE: dict[str, Callable[[Path], object]] = {
+    "fifo": os.mkfifo,
+    "dir": Path.mkdir,
+    "dev_zero": lambda path: path.symlink_to("/dev/zero"),
+}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import NOT_A_FILE, run_cli
 
 from distgan.data.idx import FILES, find_raw_files, load_pair, parse_idx
 from distgan.errors import UserError
@@ -153,21 +152,12 @@ def test_cli_bad_file_is_one_line(mnist_raw, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def _fifo(path: Path) -> None:
-    os.mkfifo(path)
 
 
-def _dir(path: Path) -> None:
-    path.mkdir()
 
-
-def _dev_zero(path: Path) -> None:
-    path.symlink_to("/dev/zero")
-
-
-ODD_FILES = {"fifo": (_fifo, "is a FIFO (named pipe), not an IDX file"),
-             "dir": (_dir, "is a directory, not an IDX file"),
-             "dev_zero": (_dev_zero, "is a character device, not an IDX file")}
+ODD_FILES = {"fifo": (NOT_A_FILE["fifo"], "is a FIFO (named pipe), not an IDX file"),
+             "dir": (NOT_A_FILE["dir"], "is a directory, not an IDX file"),
+             "dev_zero": (NOT_A_FILE["dev_zero"], "is a character device, not an IDX file")}
 
 
 @pytest.mark.timeout(30)  # a FIFO opened for reading waits for a writer: never again

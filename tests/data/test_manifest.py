@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NOT_A_FILE
 
 from distgan.data import build_loader, samples_per_epoch
 from distgan.data.prepare import prepare
@@ -99,16 +100,7 @@ def test_real_shards_hold_at_least_the_minimum(tmp_path, shape, label_bytes, n):
     assert len(read_shard(path, layout)[2]) == n
 
 
-def _make_fifo(path: Path) -> None:
-    os.mkfifo(path)
 
-
-def _make_dir(path: Path) -> None:
-    path.mkdir()
-
-
-def _make_zero_link(path: Path) -> None:
-    path.symlink_to("/dev/zero")
 
 
 def _make_huge(path: Path) -> None:
@@ -121,9 +113,9 @@ def _make_just_over(path: Path) -> None:
         f.truncate(MAX_MANIFEST_BYTES + 1)
 
 
-CASES = {"fifo": (_make_fifo, "is a FIFO (named pipe), not a manifest file"),
-         "dir": (_make_dir, "is a directory, not a manifest file"),
-         "dev_zero": (_make_zero_link, "is a character device, not a manifest file"),
+CASES = {"fifo": (NOT_A_FILE["fifo"], "is a FIFO (named pipe), not a manifest file"),
+         "dir": (NOT_A_FILE["dir"], "is a directory, not a manifest file"),
+         "dev_zero": (NOT_A_FILE["dev_zero"], "is a character device, not a manifest file"),
          "3GB": (_make_huge, f"over {MAX_MANIFEST_BYTES:,} bytes"),
          "cap_plus_1": (_make_just_over, f"over {MAX_MANIFEST_BYTES:,} bytes")}
 
