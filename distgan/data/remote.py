@@ -239,9 +239,12 @@ def _open(url: str, policy: FetchPolicy, stderr: BinaryIO) -> tuple[BinaryIO, An
                     f"or an fsspec scheme such as s3:// or gs:// (pip install fsspec s3fs)")
 
 
-def _read(url: str, sink: Callable[[bytes], None], limit: int, policy: FetchPolicy, deadline: float) -> int:
+def _read(url: str, sink: Callable[[bytes], None], limit: int, policy: FetchPolicy, deadline: float, *,
+          too_long_is_final: bool = False) -> int:
     """One try: stream `url` into `sink`; return the byte count; raise _Failure on any transport problem
-    or more than `limit` bytes. Errors raised by `sink` (a full disk) pass through untouched."""
+    or more than `limit` bytes (final, not retried, with `too_long_is_final`: a manifest over the cap is the
+    file itself; a shard longer than declared may be a damaged transfer, tried again like a bad sha256).
+    Errors raised by `sink` (a full disk) pass through untouched."""
     with tempfile.TemporaryFile() as err:
         stream, proc = _open(url, policy, err)
         dog = _Watchdog(proc, policy.stall_s, deadline)
@@ -260,8 +263,8 @@ def _read(url: str, sink: Callable[[bytes], None], limit: int, policy: FetchPoli
                     break
                 dog.progress()
                 n += len(chunk)
-                if n > limit:  # the file itself is too long: another try gets the same
-                    raise _Failure(f"sent more than the {limit} bytes expected", permanent=True)
+                if n > limit:
+                    raise _Failure(f"sent more than the {limit} bytes expected", permanent=too_long_is_final)
                 sink(chunk)
         finally:
             dog.stop()
@@ -317,7 +320,7 @@ def fetch_bytes(url: str, *, limit: int, policy: FetchPolicy | None = None) -> b
 
     def attempt(deadline: float) -> bytes:
         parts: list[bytes] = []
-        _read(url, parts.append, limit, policy, deadline)
+        _read(url, parts.append, limit, policy, deadline, too_long_is_final=True)
         return b"".join(parts)
 
     return _with_retries(url, attempt, policy, _SERVER_REMEDY)
