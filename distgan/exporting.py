@@ -30,7 +30,6 @@ def metrics_at(run_dir: Path, step: int) -> dict[str, float]:
     return found
 
 
-
 def export_checkpoint(checkpoint: str | Path, out: str | Path, *, onnx: bool = False,
                       scores_file: str | Path | None = None) -> dict[str, Any]:
     """Export the EMA G of a checkpoint (or a run directory's latest, or an earlier export) to `out`.

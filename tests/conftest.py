@@ -235,13 +235,11 @@ def final_weights(run_dir):
             ("model.safetensors", "model_1.safetensors", "ema_generator.safetensors")}
 
 
-
 def assert_same_weights(a, b):
     for name in a:
         assert a[name].keys() == b[name].keys()
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), f"{name}:{key} differs"
-
 
 
 @contextlib.contextmanager

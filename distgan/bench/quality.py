@@ -128,7 +128,6 @@ def bench_quality(config: Path, *, seeds: Sequence[int], minutes: float, n: int,
     """Train and score `config` once per seed; print the table and the curves; return the results."""
     from accelerate import Accelerator
 
-
     cfg = load_config(config, list(overrides))  # fails here, with one line, on a bad config or override
     name = cfg.name or config.stem
     accelerator = Accelerator(cpu=needs_cpu_flag())

@@ -26,7 +26,6 @@ def split_fingerprint(split_dir: str | Path) -> str | None:
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
-
 def canonical_images(images: np.ndarray, what: str) -> np.ndarray:
     """uint8 images as evaluation holds them: N x H x W for one channel, N x C x H x W (C = 3) for colour.
 
@@ -38,7 +37,6 @@ def canonical_images(images: np.ndarray, what: str) -> np.ndarray:
         return images
     raise UserError(f"{what}: images have shape {tuple(images.shape)}; expected N x H x W or N x C x H x W "
                     f"with C in {{1, 3}}")
-
 
 
 def load_split_images(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:

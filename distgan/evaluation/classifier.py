@@ -120,7 +120,6 @@ class FeatureClassifier(nn.Module):
         return self.embed(x)[1]
 
 
-
 def image_shape(images: torch.Tensor | np.ndarray) -> tuple[int, int, int]:
     """(C, H, W) of uint8 images given as (N, H, W) (one channel) or (N, C, H, W)."""
     shape = tuple(int(v) for v in images.shape)

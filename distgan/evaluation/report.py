@@ -254,7 +254,6 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
 
     import torch
 
-
     test_split = shards / "test"
     if not test_split.is_dir():
         raise UserError(f"{test_split} not found; --shards must be the output of `distgan prepare`")
@@ -286,7 +285,6 @@ def _score_inception_here(shards: Path, checkpoint: str | Path | None, samples: 
             real_images = real_images[pick.sort().values.numpy()]
         real = inception_features(real_images, batch_size=batch_size, device=device)
         import io
-
 
         buf = io.BytesIO()
         torch.save({"key": key, "features": real}, buf)

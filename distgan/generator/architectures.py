@@ -178,8 +178,6 @@ def build_generator(cfg: ModelConfig, image_shape: Sequence[int]) -> nn.Module:
     return g
 
 
-
-
 def model_sizes(cfg: ModelConfig) -> str:
     """The config keys that set the networks' sizes, with their values (for a one-line error)."""
     widths = (f"model.g_hidden={list(cfg.g_hidden)}, model.d_hidden={list(cfg.d_hidden)}" if cfg.arch == "mlp"

@@ -86,7 +86,6 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple
     """The generator (eval mode) and config of an export folder; weights checked against config.json."""
     from safetensors.torch import load_file
 
-
     path = Path(path)
     meta = read_export_config(path)
     weights = path / WEIGHTS_FILE

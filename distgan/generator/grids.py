@@ -33,9 +33,7 @@ def class_grid(images: np.ndarray | torch.Tensor, labels: LabelsLike, pad: int =
     return grid_image(cells, nrow=ncol, pad=pad)
 
 
-
 GRID_MAX_CLASSES = 32  # rows of a conditional sample grid
-
 
 
 def grid_inputs(generator: torch.nn.Module, grid_size: int, z_dim: int, seed: int) -> tuple[torch.Tensor,
@@ -50,13 +48,11 @@ def grid_inputs(generator: torch.nn.Module, grid_size: int, z_dim: int, seed: in
     return fixed_noise(len(classes) * grid_size, z_dim, seed), classes.repeat_interleave(grid_size)
 
 
-
 def samples_grid(images: np.ndarray, labels: LabelsLike | None) -> np.ndarray:
     """The grid of `distgan sample`: one row per class for labelled samples, else square-ish."""
     if labels is not None:
         return class_grid(images, labels)
     return grid_image(images, nrow=int(np.ceil(np.sqrt(len(images)))))
-
 
 
 def fixed_grid(generator: torch.nn.Module, grid_size: int, seed: int) -> np.ndarray:
@@ -76,7 +72,6 @@ def grid_image(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
         r, c = divmod(i, nrow)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
     return grid
-
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

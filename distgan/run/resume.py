@@ -21,7 +21,6 @@ def model_fingerprint(cfg: Config) -> dict[str, Any]:
     return {"model": model, "loss.kind": cfg.loss.kind}
 
 
-
 # Keys that may differ between a run's saved config and the config that resumes it (fnmatch patterns on
 # dotted keys). Everything else shapes the trained weights' trajectory, so a difference means "this is
 # another experiment" and resume=auto must refuse it (see resume_conflicts). Why each one may change:
@@ -44,7 +43,6 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 )
 
 
-
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -55,11 +53,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-
 def resumable(key: str) -> bool:
     """Whether dotted `key` may change when a run resumes (it matches RESUMABLE_KEYS)."""
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_KEYS)
-
 
 
 def resume_conflicts(saved: Config, new: Config) -> list[str]:
@@ -68,12 +64,10 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
     return [key for key in now if old.get(key) != now[key] and not resumable(key)]
 
 
-
 def _show(value: Any) -> str:
     if isinstance(value, str):
         return value or "''"  # an empty text shown as nothing read as a missing value
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
 
 
 def describe_conflicts(where: str | Path, saved: Config, new: Config, limit: int = 6) -> str | None:
@@ -103,7 +97,6 @@ def refuse_all_damaged(path: Path) -> None:
     raise UserError(f"cannot resume {path}: none of its {len(existing)} checkpoint(s) is intact (the newest, "
                     f"{newest.name}: {problem}); to start from step 0 on purpose, use a new run.dir (resume=never "
                     f"makes sure it is new), or delete the damaged checkpoints in {newest.parent}")
-
 
 
 def check_same_model(cfg: Config, saved: Config, where: Path) -> None:

@@ -74,7 +74,6 @@ class ModelArtifacts:
         """The evaluation classifier: an input of an online run, logged by an offline one."""
         import wandb
 
-
         metadata = {"sha256": sha256, "file_sha256": file_sha256(path)}  # sha256: of the weights, as reports name it
         artifact = wandb.Artifact(CLASSIFIER_NAME, type=CLASSIFIER_TYPE, metadata=metadata,
                                   description="distgan feature classifier used for FID/KID/IS")
@@ -100,7 +99,6 @@ class ModelArtifacts:
     def _log_generator(self, generator: torch.nn.Module, *, step: int, best: bool, scores: dict[str, float] | None,
                        checkpoint: Path | None) -> None:
         import wandb
-
 
         clf = self.classifier or {}
         tmp = Path(tempfile.mkdtemp(prefix="distgan-artifact-"))

@@ -30,7 +30,6 @@ class Projection(nn.Module):
         return (self.embed(labels).to(phi.dtype) * phi).sum(dim=1)
 
 
-
 class MLPDiscriminator(nn.Module):
     """The classic MNIST GAN discriminator: C*H*W -> 1024 -> 512 -> 256 -> 1 logit, LeakyReLU(0.2)."""
 
@@ -49,7 +48,6 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         phi = self.net(x.flatten(1))
         return self.out(phi).squeeze(1) + self.project(phi, labels)
-
 
 
 class DCGANDiscriminator(nn.Module):
@@ -77,7 +75,6 @@ class DCGANDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         phi = self.net(x)
         return self.out(phi).squeeze(1) + self.project(phi, labels)
-
 
 
 def build_discriminator(cfg: ModelConfig, image_shape: Sequence[int]) -> nn.Module:

@@ -152,9 +152,6 @@ def test_cli_bad_file_is_one_line(mnist_raw, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-
-
-
 ODD_FILES = {"fifo": (NOT_A_FILE["fifo"], "is a FIFO (named pipe), not an IDX file"),
              "dir": (NOT_A_FILE["dir"], "is a directory, not an IDX file"),
              "dev_zero": (NOT_A_FILE["dev_zero"], "is a character device, not an IDX file")}

@@ -100,9 +100,6 @@ def test_real_shards_hold_at_least_the_minimum(tmp_path, shape, label_bytes, n):
     assert len(read_shard(path, layout)[2]) == n
 
 
-
-
-
 def _make_huge(path: Path) -> None:
     with open(path, "wb") as f:
         f.truncate(3 << 30)  # sparse: 3 GB to read, none on disk
