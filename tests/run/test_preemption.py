@@ -97,16 +97,23 @@ def test_install_outside_main_thread_refused():
     assert errors and "main thread" in str(errors[0])
 
 
+def _python_with_signals_ignored(signals: str, code: str) -> str:
+    """Run `python -c code` started with `signals` ignored (as bash's `trap ""` leaves them for its exec); its
+    stdout, after asserting exit 0."""
+    proc = subprocess.run(["bash", "-c", f'trap "" {signals}; exec "$0" -c "$1"', PYTHON, code],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_handler_overrides_an_inherited_sig_ign():
     """train.sbatch starts the launcher with USR1 ignored; the training process must still catch it."""
     code = ("import os, signal; from distgan.run.preemption import PreemptionWatcher\n"
             "assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN\n"
             "w = PreemptionWatcher(['USR1']); w.install(); os.kill(os.getpid(), signal.SIGUSR1)\n"
             "print('flag', w.requested(None), w.signal_name)\n")
-    proc = subprocess.run(["bash", "-c", 'trap "" USR1 USR2; exec "$0" -c "$1"', PYTHON, code],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "flag True USR1" in proc.stdout
+    out = _python_with_signals_ignored("USR1 USR2", code)
+    assert "flag True USR1" in out
 
 
 def test_ctrl_c_is_watched_without_being_listed_and_does_not_requeue(capfd, ctrl_c_not_ignored):
@@ -168,10 +175,8 @@ def test_an_inherited_ignored_sigint_stays_ignored_unless_listed():
             "print('default', signal.getsignal(signal.SIGINT) == signal.SIG_IGN); w.uninstall()\n"
             "w = PreemptionWatcher(['TERM', 'INT']); w.install()\n"
             "print('listed', signal.getsignal(signal.SIGINT) == signal.SIG_IGN)\n")
-    proc = subprocess.run(["bash", "-c", 'trap "" INT; exec "$0" -c "$1"', PYTHON, code],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "default True" in proc.stdout and "listed False" in proc.stdout
+    out = _python_with_signals_ignored("INT", code)
+    assert "default True" in out and "listed False" in out
 
 
 def test_interrupting_ends_a_blocking_wait_on_a_stop_signal():
