@@ -1,8 +1,10 @@
 """`distgan bench data --shards DIR`: images/s through build_loader against in-memory slicing.
 
 DIR is the `distgan prepare` output (its `train` split is used, or `--split`) or a split directory, of
-any image shape. Also prints the per-image decode cost of three sample encodings (raw bytes, npy, PNG) with
-webdataset's own encoders/decoders, which is why the shards hold packed raw bytes.
+any image shape, packed (distgan's own format) or standard webdataset shards (format version 4: one
+encoded image per sample, `prepare --webdataset` or `prepare --format standard`). Also prints the
+per-image decode cost of three sample encodings (raw bytes, npy, PNG) with webdataset's own
+encoders/decoders, which is why the shards hold packed raw bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 
 from distgan.data import build_loader, dataset_info, load_split, samples_per_epoch
-from distgan.data.shards import MANIFEST
+from distgan.data.remote import local_split
+from distgan.data.shards import MANIFEST, is_standard, read_manifest
 from distgan.errors import UserError
 
 
@@ -132,7 +135,9 @@ def bench_data(shards: Path, *, split: str = "train", batch_size: int = 256, wor
     torch.set_num_threads(1)
     info = dataset_info(split_dir)
     c, h, w = info.image_shape
-    print(f"distgan bench data: {split_dir} ({n} samples of {c}x{h}x{w}), batch {batch_size}, "
+    manifest = read_manifest(local_split(split_dir).parent)
+    kind = f"standard .{manifest['sample']['image_ext']} shards" if is_standard(manifest) else "packed shards"
+    print(f"distgan bench data: {split_dir} ({n} samples of {c}x{h}x{w}, {kind}), batch {batch_size}, "
           f">= {min_seconds:g} s per row, torch threads 1")
     if encodings:
         print("\n| sample encoding | decode us/image | bytes/image |\n| --- | ---: | ---: |")

@@ -9,7 +9,9 @@ no sample appears twice, fewer than world_size * batch_size samples are left out
 k steps" is the global prefix of k * B * W samples whatever the world size.
 
 Each worker reads the shards its batches touch (whole shards; they are packed raw uint8, so reading
-one is a few memcpys) and keeps only the one or two it is in. Do NOT pass this loader to
+one is a few memcpys) and keeps only the one or two it is in. Standard webdataset shards (format version
+4, distgan.data.standard) go through the same plan: a worker indexes the shard's samples (one read) and
+decodes only the images of its own batches, so decoding scales with the workers. Do NOT pass this loader to
 `accelerator.prepare`: it is already split per rank. Loader workers ignore SIGTERM, SIGINT, SIGUSR1
 and SIGUSR2 (see WORKER_IGNORED_SIGNALS); the shard format and its checks live in distgan.data.shards.
 """
@@ -31,12 +33,15 @@ from distgan.data.remote import is_remote, local_split, shard_path
 from distgan.data.shards import (
     MANIFEST,
     Layout,
+    is_standard,
     manifest_classes,
     manifest_layout,
     read_manifest,
     read_shard,
+    shard_file,
     verify_split,
 )
+from distgan.data.standard import StandardShard, StandardSpec, warm
 from distgan.errors import UserError
 
 # SLURM (and a terminal's Ctrl-C) signal every process of the group, loader workers included. These are
@@ -64,12 +69,30 @@ def _split_info(split_dir: str | os.PathLike[str], *, verify: bool = True) -> tu
     return split_dir, split, manifest["splits"][split]
 
 
+@dataclass(frozen=True)
+class _Source:
+    """How a split's shards are read: the layout; for standard shards (version 4) the decode spec, the
+    keys each shard leaves out and, for a local dataset, each shard's file (else shard_path finds it)."""
+
+    layout: Layout
+    labelled: bool
+    standard: StandardSpec | None = None
+    skips: tuple[tuple[str, ...], ...] = ()
+    files: tuple[str, ...] = ()
+
+
 def _split_layout(split_dir: str | os.PathLike[str], *,
-                  verify: bool = True) -> tuple[Path, dict[str, Any], Layout, bool]:
-    """(split_dir, split entry, image layout, labelled?) of a split, as `_split_info` checks it."""
-    split_dir, _, entry = _split_info(split_dir, verify=verify)
+                  verify: bool = True) -> tuple[Path, dict[str, Any], _Source]:
+    """(split_dir, split entry, how to read its shards) of a split, as `_split_info` checks it."""
+    split_dir, split, entry = _split_info(split_dir, verify=verify)
     manifest = read_manifest(split_dir.parent)
-    return split_dir, entry, manifest_layout(manifest), manifest_classes(manifest) is not None
+    layout, labelled = manifest_layout(manifest), manifest_classes(manifest) is not None
+    if not is_standard(manifest):
+        return split_dir, entry, _Source(layout, labelled)
+    files = () if is_remote(split_dir.parent) else tuple(
+        str(shard_file(split_dir.parent, split, s, manifest["version"])) for s in entry["shards"])
+    return split_dir, entry, _Source(layout, labelled, StandardSpec.of(manifest),
+                                     tuple(tuple(s.get("skip", ())) for s in entry["shards"]), files)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -104,8 +127,7 @@ class _Plan:
     """Everything a worker needs to produce its batches (picklable)."""
 
     split_dir: Path
-    layout: Layout
-    labelled: bool
+    source: _Source
     names: tuple[str, ...]
     counts: tuple[int, ...]
     batch_size: int
@@ -129,13 +151,26 @@ class _Shard:
         self.labels = labels.astype(np.int64) if labelled else np.full(len(labels), -1, np.int64)
         self.keys = np.array(keys)
 
+    def take(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images, labels, keys) of samples `local` of this shard."""
+        return self.images[local], self.labels[local], self.keys[local]
+
+
+def _open_shard(plan_split: Path, source: _Source, names: tuple[str, ...], counts: tuple[int, ...],
+                s: int) -> _Shard | StandardShard:
+    """Shard `s` of a split, read (packs) or indexed (standard shards, decoded per batch by `take`)."""
+    path = Path(source.files[s]) if source.files else shard_path(plan_split, names[s])
+    if source.standard is None:
+        return _Shard(path, counts[s], source.layout, source.labelled)
+    return StandardShard(path, counts[s], source.standard, source.skips[s] if source.skips else ())
+
 
 def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
     """Yield this worker's batches (j % num_workers == worker) of this rank, in order."""
     order = epoch_order(list(plan.counts), plan.seed, plan.epoch)
     offsets = np.concatenate([[0], np.cumsum(plan.counts)]).astype(np.int64)
     b, gb = plan.batch_size, plan.batch_size * plan.world_size
-    cache: dict[int, _Shard] = {}
+    cache: dict[int, _Shard | StandardShard] = {}
     for j in range(worker, plan.num_batches, num_workers):
         lo = plan.start_sample + j * gb + plan.rank * b
         ids = order[lo:lo + b]
@@ -149,21 +184,18 @@ def _batches(plan: _Plan, worker: int, num_workers: int) -> Iterator[dict[str, A
                 del cache[s]
         for s in needed:
             if s not in cache:
-                cache[s] = _Shard(shard_path(plan.split_dir, plan.names[s]), plan.counts[s], plan.layout,
-                                  plan.labelled)
+                cache[s] = _open_shard(plan.split_dir, plan.source, plan.names, plan.counts, s)
         if len(needed) == 1:
-            sh, local = cache[needed[0]], ids - offsets[needed[0]]
-            images, labels, keys = sh.images[local], sh.labels[local], sh.keys[local]
+            images, labels, keys = cache[needed[0]].take(ids - offsets[needed[0]])
         else:
-            images = np.empty((b, *plan.layout.shape), np.uint8)
+            images = np.empty((b, *plan.source.layout.shape), np.uint8)
             labels = np.empty(b, np.int64)
             keys = np.empty(b, dtype=object)
             filled = 0
             for s in needed:
                 m = shard_of == s
                 local = ids[m] - offsets[s]
-                images[m], labels[m], keys[m] = cache[s].images[local], cache[s].labels[local], \
-                    cache[s].keys[local]
+                images[m], labels[m], keys[m] = cache[s].take(local)
                 filled += int(m.sum())
             if filled != b:  # np.empty rows left unfilled would be garbage images with None keys
                 raise UserError(f"{plan.split_dir}: batch {j} filled {filled} of {b} rows; the manifest does "
@@ -239,7 +271,7 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
     unlabelled dataset), "key" list of B str. Every
     rank yields `len(loader)` full batches; `start_sample` is the number of samples already consumed
     globally in this epoch (k steps = k * batch_size * world_size), and the loader yields the rest.
-    All shards are checked against the manifest's sha256 here, once.
+    All shards are checked against the manifest's sha256 here, once (and local standard shards indexed).
     """
     for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                              ("num_workers", num_workers, 0), ("start_sample", start_sample, 0)):
@@ -247,7 +279,7 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
             raise UserError(f"{name}={value!r}: must be an integer >= {low}")
     if not 0 <= rank < world_size:
         raise UserError(f"rank={rank}: must be in [0, world_size={world_size})")
-    split_dir, entry, layout, labelled = _split_layout(shards)
+    split_dir, entry, source = _split_layout(shards)
     total = int(entry["count"])
     if start_sample > total:
         raise UserError(f"start_sample={start_sample}: the split {split_dir} holds only {total} samples")
@@ -255,24 +287,29 @@ def build_loader(shards: str | os.PathLike[str], *, batch_size: int, rank: int, 
     if total < global_batch:
         raise UserError(f"batch_size {batch_size} x world_size {world_size} = {global_batch} exceeds the "
                         f"{total} samples of {split_dir}; use a smaller batch size")
-    plan = _Plan(split_dir=split_dir, layout=layout, labelled=labelled,
+    plan = _Plan(split_dir=split_dir, source=source,
                  names=tuple(s["name"] for s in entry["shards"]),
                  counts=tuple(int(s["count"]) for s in entry["shards"]), batch_size=batch_size, rank=rank,
                  world_size=world_size, seed=int(seed), epoch=int(epoch), start_sample=start_sample,
                  num_batches=(total - start_sample) // global_batch)
+    if source.standard is not None and source.files:
+        # index local standard shards here, once per process: the workers forked each epoch inherit it
+        warm(source.files, plan.counts, source.standard, source.skips)
     return ShardLoader(plan, num_workers)
 
 
 def load_split(split_dir: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """All images (N,C,H,W) uint8 and labels (N,) int64 (-1 if unlabelled) of a split, in stable key
     order, verified."""
-    split_dir, entry, layout, labelled = _split_layout(split_dir)
-    shards = [_Shard(shard_path(split_dir, s["name"]), int(s["count"]), layout, labelled) for s in entry["shards"]]
-    if not shards:
-        return torch.empty((0, *layout.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    images = np.concatenate([s.images for s in shards])
-    labels = np.concatenate([s.labels for s in shards])
-    keys = np.concatenate([s.keys for s in shards])
+    split_dir, entry, source = _split_layout(split_dir)
+    names = tuple(s["name"] for s in entry["shards"])
+    counts = tuple(int(s["count"]) for s in entry["shards"])
+    parts = [_open_shard(split_dir, source, names, counts, i).take(np.arange(counts[i])) for i in range(len(names))]
+    if not parts:
+        return torch.empty((0, *source.layout.shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    keys = np.concatenate([p[2] for p in parts])
     if len(keys) > 1 and not bool(np.all(keys[:-1] < keys[1:])):
         idx = np.argsort(keys, kind="stable")
         images, labels = images[idx], labels[idx]

@@ -9,6 +9,10 @@ manifest (of any format version), and, after a success, the temporaries of those
 that an interrupted run left (`.<name>.XXXXXXXX.tmp`). While it rewrites shards, manifest.json is a distgan
 placeholder that readers refuse, so a crash leaves neither a stale manifest over new shards nor a DIR that
 looks foreign.
+
+`format="standard"` writes the same shards as one PNG (+ .cls) per image instead of packs, with a
+format-version-4 manifest (distgan.data.standard), for whoever needs the interchange format more than speed.
+`prepare_webdataset` writes only a manifest for existing standard webdataset shards.
 """
 
 from __future__ import annotations
@@ -47,11 +51,13 @@ from distgan.data.shards import (
     write_shard,
 )
 from distgan.data.sources import SourceData, choose_source
+from distgan.data.standard import adopt_webdataset, default_out, standard_manifest, write_standard_shard
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
 from distgan.locks import DirLock
 
 DEFAULT_SHARD_SIZE = 5000
+FORMATS = ("packed", "standard")  # `prepare --format`: distgan's packs, or one PNG (+ .cls) per sample
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # distgan.atomic.atomic_path's (mkstemp)
 
 
@@ -112,8 +118,8 @@ def _is_up_to_date(out: Path, key: Mapping[str, Any]) -> bool:
     return True
 
 
-def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray, shard_size: int,
-                 layout: Layout) -> dict[str, Any]:
+def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray | None, shard_size: int,
+                 layout: Layout, standard: bool = False) -> dict[str, Any]:
     """Write one split's shards, remove its stale distgan shards, and return its manifest entry."""
     split_dir = out / split
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -121,9 +127,13 @@ def _write_split(out: Path, split: str, images: np.ndarray, labels: np.ndarray, 
     for i, lo in enumerate(range(0, len(images), shard_size)):
         hi = min(lo + shard_size, len(images))
         path = split_dir / shard_name(split, i)
-        write_shard(path, split, images[lo:hi], labels[lo:hi], lo, layout)
-        shards.append({"name": path.name, "count": hi - lo, "bytes": path.stat().st_size,
-                       "sha256": file_sha256(path)})
+        if standard:
+            write_standard_shard(path, split, images[lo:hi], None if labels is None else labels[lo:hi], lo)
+        else:
+            assert labels is not None
+            write_shard(path, split, images[lo:hi], labels[lo:hi], lo, layout)
+        shards.append({"name": path.name, **({"url": f"{split}/{path.name}"} if standard else {}),
+                       "count": hi - lo, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
     keep = {s["name"] for s in shards}
     for stale in split_dir.iterdir():
         if is_shard_name(split, stale.name) and stale.name not in keep and stale.is_file():
@@ -182,7 +192,7 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
             resolution: int | None = None, channels: int | None = None,
             test_fraction: float = DEFAULT_TEST_FRACTION, skip_bad: bool = False,
             shard_size: int = DEFAULT_SHARD_SIZE, md5: Mapping[str, str] | None = None, progress: bool = True,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, format: str = "packed") -> dict[str, Any]:
     """Read one source (raw_dir [+ dataset], dataset alone = download, image_folder or npz; none at all
     downloads MNIST) and write shards + manifest into `out`.
 
@@ -191,6 +201,9 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
     complete and valid for the same input and options.
     """
     out = Path(out)
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: must be one of {', '.join(FORMATS)}")
+    standard = format == "standard"
     if shard_size < 1:
         raise UserError(f"--shard-size {shard_size}: must be at least 1")
     transform = Transform(resolution, channels)
@@ -219,11 +232,18 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
         splits: dict[str, Any] = {}
         for split in SPLITS:
             images, labels = data.splits[split]
-            if labels is None:
+            if labels is None and not standard:
                 labels = np.full(len(images), UNLABELLED, np.uint8)
-            splits[split] = _write_split(out, split, images, labels, shard_size, layout)
+            splits[split] = _write_split(out, split, images, labels, shard_size, layout, standard)
             log(f"{split}: {len(images)} images in {len(splits[split]['shards'])} shards -> {out / split}")
-        manifest = _manifest(splits, key, layout, data, counts)
+        if standard:
+            manifest = standard_manifest(
+                splits, shape=layout.shape, image_ext="png", label_ext=None if data.classes is None else "cls",
+                classes=None if data.classes is None else {"names": list(data.classes), "counts": dict(counts or {})},
+                transform=transform, source=key["source"], skipped=data.skipped,
+                extra={"dataset": key["dataset"], "shard_size": shard_size})
+        else:
+            manifest = _manifest(splits, key, layout, data, counts)
         write_manifest(out, manifest)
         _log_removed(out, _remove_temporaries(out), log)
         c, h, w = layout.shape
@@ -232,4 +252,21 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
         return manifest
 
 
-__all__ = ["DEFAULT_SHARD_SIZE", "check_ownership", "prepare"]
+def prepare_webdataset(train: str, *, test: str | None = None, out: str | os.PathLike[str] | None = None,
+                       resolution: int | None = None, channels: int | None = None, skip_bad: bool = False,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`distgan prepare --webdataset TRAIN [--webdataset-test TEST]`: write only DIR/manifest.json (format
+    version 4) for standard webdataset shards (brace patterns of local paths or URLs), into `out` or, for
+    local shards, their own directory. Each shard is read once; nothing is copied. Holds DIR's lock."""
+    patterns = {"train": train, **({"test": test} if test else {})}
+    out = Path(out) if out is not None else default_out(list(patterns.values()))
+    transform = Transform(resolution, channels)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory; choose a directory")
+    check_ownership(out)
+    with DirLock(out, f"--out {out}"):
+        check_ownership(out)
+        return adopt_webdataset(out, patterns, transform=transform, skip_bad=skip_bad, log=log)
+
+
+__all__ = ["DEFAULT_SHARD_SIZE", "FORMATS", "check_ownership", "prepare", "prepare_webdataset"]

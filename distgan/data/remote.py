@@ -17,6 +17,12 @@ for a cache it calls `ensure_shard`, which returns the shard once its sha256 mat
 downloading it first (temporary file, sha256, rename) under the shard's lock if it is absent or corrupt.
 A file already verified in this process is re-checked by size (plus mtime and inode) only.
 
+Standard webdataset shards (a format-version-4 manifest, distgan.data.standard) go through the same cache:
+each shard entry's `url` says where it is (relative ones under the manifest's URL or directory). A local
+manifest (data.dir = its directory, or the manifest.json itself) whose shards are URLs gets a cache too,
+its remote.json naming the manifest's directory; shards that are local files are read in place (verified
+by sha256, never copied).
+
 Transport is webdataset's `gopen` (file://, pipe:, sftp:...) and fsspec (s3://, gs://, ...). For
 http(s) we run curl through gopen's `Pipe` as `gopen` does, but with a bounded time: gopen's own curl
 has `--retry 30` and no stall limit, so a server that accepts and never answers hangs it forever and a
@@ -51,9 +57,15 @@ from distgan.data.shards import (
     MAX_MANIFEST_BYTES,
     SPLITS,
     Layout,
+    is_standard,
+    is_url,
+    load_manifest_json,
     manifest_layout,
     read_manifest,
+    read_manifest_bytes,
+    resolve_location,
     validate_manifest,
+    verify_file,
 )
 from distgan.errors import UserError
 from distgan.hashing import file_sha256
@@ -102,14 +114,6 @@ class FetchPolicy:
                                     f"{'integer' if isinstance(default, int) else 'number'}")
                 values[name] = value
         return cls(**values)
-
-
-def is_url(location: str | os.PathLike[str]) -> bool:
-    """True if `location` is a URL (`scheme://...` or `pipe:...`) rather than a local path."""
-    if not isinstance(location, str):
-        return False
-    m = _SCHEME.match(location)
-    return bool(m) and (location[m.end():].startswith("//") or m.group("scheme") == "pipe")
 
 
 def join_url(base: str, relative: str) -> str:
@@ -362,24 +366,51 @@ def open_dataset(location: str | os.PathLike[str], cache_dir: str | os.PathLike[
                  policy: FetchPolicy | None = None) -> Path:
     """The local directory to read a prepare output at `location` from (see the module docstring).
 
-    A local path is returned as is. For a URL, the manifest is fetched (with retries) and validated,
-    the cache directory is set up (once per process and arguments), and its path is returned; shards
-    are fetched later, when first read. Raises a one-line UserError naming the URL or directory.
+    A local path is returned as is (a manifest.json file: its directory), unless its manifest lists
+    standard shards at URLs: then it gets a cache as a URL does (see `_open_local`). For a URL, the
+    manifest is fetched (with retries) and validated, the cache directory is set up (once per process and
+    arguments), and its path is returned; shards are fetched later, when first read.
+    Raises a one-line UserError naming the URL or directory.
     """
     if not is_url(location):
-        return Path(location)
+        return _open_local(Path(location), cache_dir)
     base = str(location)
     key = (base, None if cache_dir is None else str(cache_dir))
     if key in _OPENED:
         return _OPENED[key]
     url = join_url(base, MANIFEST)
     data = fetch_bytes(url, limit=MAX_MANIFEST_BYTES, policy=policy)
+    return _open_cache(key, base, url, data, cache_dir)
+
+
+def _open_local(path: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
+    """A local data.dir: as is, unless its (version-4) manifest lists shards at URLs; then the cache of it."""
+    if path.name == MANIFEST and path.is_file():
+        path = path.parent
+    manifest_file = path / MANIFEST
+    if (path / REMOTE).is_file() or not manifest_file.is_file():
+        return path
+    key = (str(path.resolve()), None if cache_dir is None else str(cache_dir))
+    if key in _OPENED:
+        return _OPENED[key]
+    manifest = load_manifest_json(manifest_file)
+    if not (isinstance(manifest, dict) and is_standard(manifest)) or not any(
+            is_url(resolve_location(path, s.get("url", ""))) for e in manifest.get("splits", {}).values()
+            for s in e.get("shards", []) if isinstance(s, dict)):
+        return path
+    return _open_cache(key, key[0], str(manifest_file), read_manifest_bytes(manifest_file), cache_dir)
+
+
+def _open_cache(key: tuple[str, str | None], base: str, url: str, data: bytes,
+                cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The cache directory for the dataset whose manifest `data` was read from `url` (dataset root `base`)."""
     try:
         manifest = json.loads(data)
     except (ValueError, RecursionError) as e:  # RecursionError: JSON nested 1,000s deep
         raise UserError(f"{url}: not JSON ({e}); {base} must serve the output of `distgan prepare`") from None
     validate_manifest(_UrlName(url, base), manifest)  # type: ignore[arg-type]
-    _check_shard_sizes(url, base, manifest)
+    if not is_standard(manifest):  # standard shards have no size bound: their sha256 and bytes are checked
+        _check_shard_sizes(url, base, manifest)
     sha = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(sha)
     _adopt(cache, base, data, sha, manifest)
@@ -411,11 +442,14 @@ def _check_shard_sizes(url: str, base: str, manifest: Mapping[str, Any]) -> None
                                 f"them can have; {base} must serve the output of `distgan prepare`")
 
 
-def _missing_bytes(cache: Path, manifest: Mapping[str, Any]) -> int:
-    """Declared bytes of the shards not in `cache` yet (a file of the declared size counts as there)."""
+def _missing_bytes(cache: Path, manifest: Mapping[str, Any], base: str = "") -> int:
+    """Declared bytes of the shards not in `cache` yet (a file of the declared size counts as there; a standard
+    shard that is a local file under `base` is never copied)."""
     total = 0
     for split, entry in manifest["splits"].items():
         for shard in entry["shards"]:
+            if is_standard(manifest) and not is_url(resolve_location(base, shard["url"])):
+                continue  # read in place
             try:
                 there = (cache / split / shard["name"]).stat().st_size == shard["bytes"]
             except OSError:
@@ -434,7 +468,7 @@ def _free_bytes(directory: Path) -> int | None:
 
 def _check_free_space(cache: Path, base: str, manifest: Mapping[str, Any]) -> None:
     """UserError (one line) before any download when the shards still to fetch do not fit in `cache`."""
-    need, free = _missing_bytes(cache, manifest), _free_bytes(cache)
+    need, free = _missing_bytes(cache, manifest, base), _free_bytes(cache)
     if free is not None and need > free:
         raise UserError(f"cache dir {cache}: the shards of {base} still to download need {need:,} bytes but its "
                         f"file system has {free:,} free; free space there or point data.cache_dir at a larger disk")
@@ -478,6 +512,7 @@ def _adopt(cache: Path, base: str, data: bytes, sha: str, manifest: Mapping[str,
 class _Source:
     url: str
     shards: dict[str, dict[str, Mapping[str, Any]]]  # split -> shard name -> manifest entry
+    standard: bool = False  # version 4: each entry's `url` says where the shard is
 
 
 _SOURCES: dict[str, _Source] = {}
@@ -500,7 +535,7 @@ def _source(out: Path) -> _Source | None:
         raise UserError(f"{record}: unreadable ({e}); delete {out} and run again to download it anew") from None
     manifest = read_manifest(out)
     shards = {split: {s["name"]: s for s in entry["shards"]} for split, entry in manifest["splits"].items()}
-    source = _Source(url=_URL_OF.get(str(out), url), shards=shards)
+    source = _Source(url=_URL_OF.get(str(out), url), shards=shards, standard=is_standard(manifest))
     _SOURCES[str(out)] = source
     return source
 
@@ -511,10 +546,12 @@ def is_remote(out: str | os.PathLike[str]) -> bool:
 
 
 def local_split(split_dir: str | os.PathLike[str]) -> Path:
-    """A split directory to read: a local path as is; a URL such as http://host/mnist/train becomes the
-    split of its dataset's cache (open_dataset with the default cache directory)."""
+    """A split directory to read: a local path as is (but a local dataset of standard shards at URLs: the split
+    of its cache, see open_dataset); a URL such as http://host/mnist/train becomes the split of its dataset's
+    cache (open_dataset with the default cache directory)."""
     if not is_url(split_dir):
-        return Path(split_dir)
+        path = Path(split_dir)
+        return open_dataset(path.parent) / path.name if (path.parent / MANIFEST).is_file() else path
     text = str(split_dir).rstrip("/")
     base, _, split = text.rpartition("/")
     if split not in SPLITS or not is_url(base):
@@ -533,6 +570,12 @@ def shard_path(split_dir: Path, name: str) -> Path:
     if entry is None:
         raise UserError(f"{split_dir / name}: not in {split_dir.parent / MANIFEST}; delete {split_dir.parent} "
                         f"and run again")
+    if source.standard:
+        location = resolve_location(source.url, entry["url"])
+        if not is_url(location):  # a local shard of a cached dataset: verified where it is, never copied
+            verify_file(Path(location), entry, split_dir.parent)
+            return Path(location)
+        return ensure_shard(split_dir.parent, split_dir.name, entry, source.url, url=location)
     return ensure_shard(split_dir.parent, split_dir.name, entry, source.url)
 
 
@@ -568,8 +611,9 @@ def _failure_note(path: Path) -> tuple[float, str] | None:
 
 
 def ensure_shard(cache_dir: str | os.PathLike[str], split: str, shard_entry: Mapping[str, Any], base_url: str, *,
-                 policy: FetchPolicy | None = None) -> Path:
-    """CACHE/split/<name>, downloaded from <base_url>/<split>/<name> unless a verified copy is there.
+                 policy: FetchPolicy | None = None, url: str | None = None) -> Path:
+    """CACHE/split/<name>, downloaded from <base_url>/<split>/<name> (or `url`, a standard shard's) unless a
+    verified copy is there.
 
     The download holds CACHE/.locks/<name>.lock (other processes of the node wait, then find the file),
     writes a temporary file that is renamed into place only once its size and sha256 match `shard_entry`,
@@ -583,7 +627,7 @@ def ensure_shard(cache_dir: str | os.PathLike[str], split: str, shard_entry: Map
     if _verified(path, shard_entry):
         return path
     policy = policy or FetchPolicy.from_env()
-    url = join_url(base_url, f"{split}/{name}")
+    url = url or join_url(base_url, f"{split}/{name}")
     lock_wait = policy.deadline_s + 2 * policy.stall_s + 60  # the holder gives up within its deadline
     failed = cache / LOCKS / f"{name}.failed"  # the error of the last process that gave up on this shard
     waited_since = time.time()

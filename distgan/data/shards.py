@@ -21,7 +21,17 @@ webdataset's per-sample tar and Python overhead; see the README's data section f
 Format version 2 records the shape [C, H, W] and the classes (at most 256: one-byte labels); version 3 is
 version 2 with two-byte labels (`sample.label_dtype` "uint16", members `labels.u16`) for 257..65,536
 classes, written only then, so that a distgan reading only version 2 refuses it in one line and every
-dataset of up to 256 classes stays byte-identical. Version 1 (MNIST only, format name "distgan-mnist-shards",
+dataset of up to 256 classes stays byte-identical.
+
+Format version 4 describes *standard* webdataset shards (one sample per key: an encoded image, `.png`,
+`.jpg`, `.jpeg` or `.webp`, and optionally a `.cls` or `.json` label), wherever they are: written by
+`distgan prepare --webdataset PATTERN` next to the user's own shards (or into --out), which copies nothing,
+or by `distgan prepare --format standard`. Its `sample` records `"encoding": "standard"`, the extensions
+that hold the image (`image_ext`) and the label (`label_ext`, null: unlabelled) and the shape [C, H, W]
+the loader delivers (images are decoded, and resized as `transform` says, at load time); each shard
+entry adds `url` (a local path, absolute or relative to the manifest's directory, or a URL) and
+`skip` (the keys of bad samples left out with --skip-bad); `count` is the samples the loader yields from
+it. Version 1 (MNIST only, format name "distgan-mnist-shards",
 before the shape was recorded) is no longer read: `distgan prepare` rewrites it in one command.
 """
 
@@ -48,7 +58,10 @@ FORMAT = "distgan-shards"
 LEGACY_FORMAT = "distgan-mnist-shards"  # version 1: known as distgan's (prepare may replace it), never read
 FORMAT_VERSION = 2  # written for up to BYTE_CLASSES classes (labels.u8)
 WIDE_FORMAT_VERSION = 3  # written for more classes: version 2 with uint16 labels (labels.u16)
-READABLE_VERSIONS = (2, 3)
+STANDARD_FORMAT_VERSION = 4  # standard webdataset shards: one encoded image (+ label) per sample
+READABLE_VERSIONS = (2, 3, 4)
+STANDARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")  # image members of standard shards, in order of preference
+STANDARD_LABEL_EXTS = ("cls", "json")  # label members of standard shards, in order of preference
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a few thousand shards is well under 1 MiB (local or served)
 PACK_BYTES = 1 << 20  # image bytes per pack, at most (a pack holds at least one image)
@@ -309,6 +322,49 @@ def read_shard(path: Path, layout: Layout) -> tuple[np.ndarray, np.ndarray, list
     return images, np.concatenate([labels for labels, _ in checked]), [k for _, keys in checked for k in keys]
 
 
+# -- where shards are --------------------------------------------------------------------------------
+
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """True if `location` is a URL (`scheme://...` or `pipe:...`) rather than a local path."""
+    if not isinstance(location, str):
+        return False
+    m = _URL.match(location)
+    return bool(m) and (location[m.end():].startswith("//") or m.group("scheme") == "pipe")
+
+
+def is_standard(manifest: Mapping[str, Any]) -> bool:
+    """True for a (validated) manifest of standard webdataset shards (format version 4)."""
+    return manifest.get("version") == STANDARD_FORMAT_VERSION
+
+
+def resolve_location(base: str | os.PathLike[str], url: str) -> str:
+    """Where a version-4 shard entry's `url` points: a URL or an absolute path as is, a relative path under
+    `base` (the manifest's directory, or the URL it was served from)."""
+    if is_url(url) or os.path.isabs(url):
+        return url
+    base = str(base)
+    if is_url(base):
+        if base.startswith("pipe:"):
+            return base.replace("{path}", url) if "{path}" in base else base.rstrip("/") + "/" + url
+        return base.rstrip("/") + "/" + url
+    return str(Path(base) / url)
+
+
+def shard_file(out: Path, split: str, shard: Mapping[str, Any], version: int) -> Path:
+    """The local file of a shard of a local dataset DIR: DIR/<split>/<name>, or for version 4 its `url`
+    (a URL there is read through a download cache, see distgan.data.remote)."""
+    if version != STANDARD_FORMAT_VERSION:
+        return out / split / shard["name"]
+    location = resolve_location(out, shard["url"])
+    if is_url(location):
+        raise UserError(f"{out / MANIFEST}: shard {location} is remote; open the dataset with "
+                        f"distgan.data.remote.open_dataset (data.dir does), which reads it through its cache")
+    return Path(location)
+
+
 # -- manifest -------------------------------------------------------------------------------------
 
 def _is_int(value: Any, low: int) -> bool:
@@ -320,7 +376,7 @@ def _field(path: Path, field: str, problem: str) -> UserError:
                      f"`distgan prepare --out {path.parent}`")
 
 
-def _validate_split(path: Path, split: str, entry: Any, layout: Layout) -> None:
+def _validate_split(path: Path, split: str, entry: Any, layout: Layout, standard: bool = False) -> None:
     """Check one `splits.<split>` entry: count, shard list, that each shard's bytes can hold its count of
     `layout` images, and that the counts add up."""
     where = f"splits.{split}"
@@ -352,7 +408,13 @@ def _validate_split(path: Path, split: str, entry: Any, layout: Layout) -> None:
             raise _field(path, f"{at}.count", f"must be an integer >= 1, not {shard['count']!r}")
         if not _is_int(shard["bytes"], 1):
             raise _field(path, f"{at}.bytes", f"must be a positive integer, not {shard['bytes']!r}")
-        if layout.min_shard_bytes(shard["count"]) > shard["bytes"]:
+        if standard:
+            if not isinstance(shard.get("url"), str) or not shard["url"] or "\n" in shard["url"]:
+                raise _field(path, f"{at}.url", "must be a shard's path or URL")
+            skip = shard.get("skip", [])
+            if not (isinstance(skip, list) and all(isinstance(k, str) for k in skip)):
+                raise _field(path, f"{at}.skip", "must be a list of sample keys")
+        elif layout.min_shard_bytes(shard["count"]) > shard["bytes"]:
             raise _field(path, f"{at}.count", f"is {shard['count']:,} images, more than the {shard['bytes']:,} "
                                               f"bytes of {name} (its 'bytes') can hold as "
                                               f"{'x'.join(map(str, layout.shape))} images")
@@ -379,6 +441,22 @@ def _validate_sample(path: Path, manifest: Mapping[str, Any]) -> None:
             and shape[0] in CHANNELS and shape[1] <= MAX_SIDE and shape[2] <= MAX_SIDE):
         raise _field(path, "sample.shape", f"must be [C, H, W] with C in {list(CHANNELS)} and H, W in "
                                            f"1..{MAX_SIDE}, not {shape!r}")
+    if manifest["version"] == STANDARD_FORMAT_VERSION:
+        if sample.get("encoding") != "standard":
+            raise _field(path, "sample.encoding", f"must be \"standard\" in format version {STANDARD_FORMAT_VERSION}")
+        if sample.get("image_ext") not in STANDARD_IMAGE_EXTS:
+            raise _field(path, "sample.image_ext", f"must be one of {', '.join(STANDARD_IMAGE_EXTS)}, not "
+                                                   f"{sample.get('image_ext')!r}")
+        if sample.get("label_ext") not in (None, *STANDARD_LABEL_EXTS):
+            raise _field(path, "sample.label_ext", f"must be null or one of {', '.join(STANDARD_LABEL_EXTS)}, "
+                                                   f"not {sample.get('label_ext')!r}")
+        if (sample.get("label_ext") is None) != (manifest.get("classes") is None):
+            raise _field(path, "sample.label_ext", "must be null exactly when classes is null")
+        transform = manifest.get("transform")
+        if not (isinstance(transform, dict) and all(transform.get(k) is None or _is_int(transform.get(k), 1)
+                                                    for k in ("resolution", "channels"))):
+            raise _field(path, "transform", "must be an object with integer or null resolution and channels")
+        return
     if manifest["version"] == WIDE_FORMAT_VERSION and sample.get("label_dtype") != "uint16":
         raise _field(path, "sample.label_dtype", f"must be \"uint16\" in format version {WIDE_FORMAT_VERSION}, not "
                                                  f"{sample.get('label_dtype')!r}")
@@ -396,7 +474,7 @@ def _validate_classes(path: Path, manifest: Mapping[str, Any]) -> None:
     if not isinstance(classes, dict):
         raise _field(path, "classes", "must be null (unlabelled) or an object")
     names = classes.get("names")
-    most = MAX_CLASSES if manifest["version"] == WIDE_FORMAT_VERSION else BYTE_CLASSES
+    most = MAX_CLASSES if manifest["version"] in (WIDE_FORMAT_VERSION, STANDARD_FORMAT_VERSION) else BYTE_CLASSES
     if not (isinstance(names, list) and 1 <= len(names) <= most and all(isinstance(n, str) for n in names)):
         raise _field(path, "classes.names", f"must be a list of 1..{most} strings"
                                             f"{' (one-byte labels)' if most == BYTE_CLASSES else ''}")
@@ -426,12 +504,13 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
     if _INCOMPLETE in manifest:
         raise UserError(f"{path}: `distgan prepare` did not finish writing {out} (interrupted, or still "
                         f"running); rerun `distgan prepare --out {out}`")
-    keys = ("sample", "shard_size", "source", "splits", "totals", "classes")
+    standard = version == STANDARD_FORMAT_VERSION
+    keys = ("sample", "source", "splits", "totals", "classes", *(("transform",) if standard else ("shard_size",)))
     for key in keys:
         if key not in manifest:
             raise _field(path, key, "is missing")
     _validate_sample(path, manifest)
-    if not _is_int(manifest["shard_size"], 1):
+    if not standard and not _is_int(manifest["shard_size"], 1):
         raise _field(path, "shard_size", f"must be an integer >= 1, not {manifest['shard_size']!r}")
     if not isinstance(manifest["source"], dict):
         raise _field(path, "source", "must be an object")
@@ -442,7 +521,7 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
     for split, entry in splits.items():
         if split not in SPLITS:
             raise _field(path, f"splits.{split}", f"is not a known split ({', '.join(SPLITS)})")
-        _validate_split(path, split, entry, layout)
+        _validate_split(path, split, entry, layout, standard)
     totals = manifest["totals"]
     want = {"samples": sum(e["count"] for e in splits.values()),
             "shards": sum(len(e["shards"]) for e in splits.values()),
@@ -454,8 +533,11 @@ def validate_manifest(path: Path, manifest: Any) -> dict[str, Any]:
 
 
 def manifest_layout(manifest: Mapping[str, Any]) -> Layout:
-    """The Layout of a validated manifest (version 3: two-byte labels)."""
-    label_bytes = 2 if manifest["version"] == WIDE_FORMAT_VERSION else 1
+    """The Layout of a validated manifest (version 3: two-byte labels; version 4: the shape it loads as)."""
+    classes = manifest["classes"]
+    wide = manifest["version"] == STANDARD_FORMAT_VERSION and classes is not None \
+        and len(classes["names"]) > BYTE_CLASSES
+    label_bytes = 2 if manifest["version"] == WIDE_FORMAT_VERSION or wide else 1
     return Layout(tuple(manifest["sample"]["shape"]), label_bytes)  # type: ignore[arg-type]
 
 
@@ -526,21 +608,26 @@ def verify_split(out: Path, manifest: Mapping[str, Any], split: str) -> None:
     Each file is hashed once per process while its size, mtime and inode stay the same.
     """
     for shard in manifest["splits"][split]["shards"]:
-        path = out / split / shard["name"]
-        try:
-            st = path.stat()
-        except FileNotFoundError as e:
-            raise UserError(f"{path}: shard missing; rerun `distgan prepare --out {out}`") from e
-        if st.st_size != shard["bytes"]:
-            raise UserError(f"{path}: {st.st_size} bytes but the manifest says {shard['bytes']} (truncated "
-                            f"or modified); rerun `distgan prepare --out {out}`")
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino, shard["sha256"])
-        if _VERIFIED.get(str(path)) == sig:
-            continue
-        if file_sha256(path) != shard["sha256"]:
-            raise UserError(f"{path}: sha256 differs from {out / MANIFEST} (corrupt or modified); rerun "
-                            f"`distgan prepare --out {out}`")
-        _VERIFIED[str(path)] = sig
+        verify_file(shard_file(out, split, shard, manifest["version"]), shard, out)
+
+
+def verify_file(path: Path, shard: Mapping[str, Any], out: Path) -> None:
+    """Check that shard file `path` has the size and sha256 of manifest entry `shard` (of DIR `out`);
+    hashed once per process while its size, mtime and inode stay the same."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: shard missing; rerun `distgan prepare --out {out}`") from e
+    if st.st_size != shard["bytes"]:
+        raise UserError(f"{path}: {st.st_size} bytes but the manifest says {shard['bytes']} (truncated "
+                        f"or modified); rerun `distgan prepare --out {out}`")
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino, shard["sha256"])
+    if _VERIFIED.get(str(path)) == sig:
+        return
+    if file_sha256(path) != shard["sha256"]:
+        raise UserError(f"{path}: sha256 differs from {out / MANIFEST} (corrupt or modified); rerun "
+                        f"`distgan prepare --out {out}`")
+    _VERIFIED[str(path)] = sig
 
 
 __all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "WIDE_FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST",
@@ -551,4 +638,5 @@ __all__ = ["FORMAT", "LEGACY_FORMAT", "FORMAT_VERSION", "WIDE_FORMAT_VERSION", "
            "is_shard_name", "sample_key", "write_shard", "read_shard", "validate_manifest",
            "manifest_layout", "manifest_classes", "read_manifest_bytes", "load_manifest_json", "is_distgan_manifest",
            "read_manifest",
-           "write_manifest", "write_incomplete_manifest", "verify_split"]
+           "write_manifest", "write_incomplete_manifest", "verify_split", "verify_file", "STANDARD_FORMAT_VERSION",
+           "STANDARD_IMAGE_EXTS", "STANDARD_LABEL_EXTS", "is_url", "is_standard", "resolve_location", "shard_file"]

@@ -311,12 +311,12 @@ def test_version_1_output_is_refused_and_prepare_rewrites_it(mnist_shards, mnist
     shutil.copytree(mnist_shards, out, ignore=shutil.ignore_patterns(LOCK_FILE))
     v2 = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps(_v1_manifest(v2), indent=2, sort_keys=True) + "\n")
-    with pytest.raises(UserError, match="manifest format version 1, this distgan reads versions 2 and 3") as exc:
+    with pytest.raises(UserError, match="manifest format version 1, this distgan reads versions 2, 3 and 4") as exc:
         dataset_info(out)
     assert "\n" not in str(exc.value)
     # An unknown version is refused with one line; prepare upgrades the directory in place.
-    (out / "manifest.json").write_text(json.dumps({**_v1_manifest(v2), "format": "distgan-shards", "version": 4}))
-    with pytest.raises(UserError, match="manifest format version 4, this distgan reads versions 2 and 3") as exc:
+    (out / "manifest.json").write_text(json.dumps({**_v1_manifest(v2), "format": "distgan-shards", "version": 5}))
+    with pytest.raises(UserError, match="manifest format version 5, this distgan reads versions 2, 3 and 4") as exc:
         samples_per_epoch(out / "train")
     assert "\n" not in str(exc.value)
     (out / "manifest.json").write_text(json.dumps(_v1_manifest(v2)))

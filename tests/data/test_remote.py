@@ -368,7 +368,7 @@ def test_bad_manifest_and_cache_dir_conflicts(serve, shards7, tmp_path, fast_ret
     with pytest.raises(UserError) as exc:
         open_dataset(server.url, tmp_path / "c2")
     assert one_line(exc).startswith(f"{server.url}manifest.json: manifest format version 1, this distgan reads "
-                                    f"versions 2 and 3")
+                                    f"versions 2, 3 and 4")
     (junk / "manifest.json").write_text(json.dumps({"format": "distgan-shards", "version": 2}))
     with pytest.raises(UserError) as exc:
         open_dataset(server.url, tmp_path / "c3")
