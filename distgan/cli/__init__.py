@@ -14,10 +14,12 @@ from distgan.errors import UserError
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("distgan.cli.prepare", "download or read MNIST and write webdataset shards"),
+    "prepare": ("distgan.cli.prepare", "read or download a dataset (MNIST, Fashion-MNIST, IDX files, an image folder, "
+                                       "an .npz) and write webdataset shards"),
     "train": ("distgan.cli.train", "train a GAN (also under `accelerate launch`)"),
     "sample": ("distgan.cli.sample", "write images from a checkpoint's EMA generator"),
-    "train-classifier": ("distgan.cli.train_classifier", "train the MNIST feature classifier"),
+    "train-classifier": ("distgan.cli.train_classifier",
+                         "train the feature classifier that scores a prepared dataset's samples (FID, IS, ...)"),
     "eval": ("distgan.cli.eval", "score a checkpoint or a samples file (FID, KID, IS, ...)"),
     "bench": ("distgan.cli.bench", "benchmarks: `bench data`, `bench train`, `bench quality`, `bench profile`"),
     "plot": ("distgan.cli.plot", "plot runs' losses, D outputs, images/s and eval scores from metrics.jsonl"),

