@@ -3,7 +3,7 @@ are adopted in place by `prepare --webdataset` (a manifest only) and loaded exac
 workers, resumably, also from an HTTP server; bad samples stop prepare in one line or are skipped; other
 sizes are resized at load time; distgan's own packs read back through a stock `wds.WebDataset` pipeline
 (`expand_packs`) and `prepare --format standard` give the loader's images. In-process and small, except one
-2-process training run."""
+test with two 2-process runs (training, and the loader's exactly-once probe)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import accelerate_launch
+from conftest import REPO, accelerate_launch
 from PIL import Image
 
 from distgan.cli import main as cli_main
@@ -314,8 +314,9 @@ def test_manifest_refuses_bad_fields_in_one_line(tmp_path):
 
 def test_cli_adopts_and_two_processes_train(tmp_path, capsys):
     """`distgan prepare --webdataset` (the CLI in-process), then the one 2-process run: `distgan train` with
-    data.dir at the manifest's directory under accelerate (gloo), a few steps of the debug config."""
-    root = write_shards(tmp_path / "wds", "jpg", sizes=(70, 50), side=8)
+    data.dir at the manifest's directory under accelerate (gloo), a few steps of the debug config; then every
+    sample exactly once over the 2 processes and their loader workers."""
+    root = write_shards(tmp_path / "wds", "jpg", sizes=(400, 300), side=8)
     assert cli_main(["prepare", "--webdataset", str(root / "shard-{000000..000001}.tar"), "--format",
                      "standard"]) == 2
     assert capsys.readouterr().err.strip() == ("distgan prepare: error: --webdataset reads shards in place: "
@@ -328,3 +329,15 @@ def test_cli_adopts_and_two_processes_train(tmp_path, capsys):
                        "log.every=2", "checkpoint.every=4"], timeout=120)
     state = json.loads((run / "checkpoints/step_0000004/trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["state"]["start_sample"] == 4 * 8 * 2
+    # Exactly once over 2 real processes with 2 loader workers each (tests/loader_probe.py: batches of 64,
+    # one all-reduce per batch, so unequal batch counts would hang), and the same batches as simulated ranks.
+    out = tmp_path / "probe"
+    accelerate_launch([str(REPO / "tests" / "loader_probe.py"), str(root / "train"), str(out), "2", "2"],
+                      num_processes=2, timeout=120)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 700 // 128
+    keys = [k for r in ranks for batch in r["batches"] for k in batch]
+    assert len(keys) == len(set(keys)) == 700 // 128 * 128
+    simulated = build_loader(root / "train", batch_size=64, rank=1, world_size=2, num_workers=0, seed=7, epoch=1)
+    assert [b["key"] for b in simulated] == ranks[1]["batches"]
