@@ -39,6 +39,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from distgan.errors import UserError
@@ -47,6 +48,7 @@ MAX_STEPS = 10**9  # any step count or cadence
 MAX_WIDTH = 16384  # an MLP layer: 16384 x 16384 fp32 weights are 1 GiB
 MAX_CONV_WIDTH = 1024  # a DCGAN width w: G projects z to 98*w features, its ConvTranspose has 32*w^2 weights
 DAY_S = 24 * 3600
+MAX_CLUSTERS = 1000  # model.clusters: the exact matching is O(K^3) in Python (1,000: up to 2 minutes a clustering)
 
 
 def _number(value: Any) -> Any:
@@ -59,6 +61,13 @@ def _number(value: Any) -> Any:
         except ValueError:
             raise ValueError("expected a number") from None
     return value
+
+
+def _conditional(value: Any) -> Any:
+    """model.conditional: true, false or clusters (nothing else)."""
+    if isinstance(value, bool) or value == "clusters":
+        return value
+    raise ValueError("expected true, false or clusters")
 
 
 def _no_is_no(value: Any) -> Any:
@@ -92,15 +101,23 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
+    # mlp: any image shape; dcgan: 28x28, or 16 to 128 px powers of two; 1 or 3 channels
     arch: Literal["mlp", "dcgan"] = "mlp"
-    z_dim: StrictInt = Field(100, ge=1, le=4096)
+    z_dim: StrictInt = Field(100, ge=1, le=4096)  # size of G's noise input
     g_hidden: list[Width] = Field([256, 512, 1024], min_length=1, max_length=8)  # mlp only: <= 8 layers
     d_hidden: list[Width] = Field([1024, 512, 256], min_length=1, max_length=8)  # mlp only
     g_width: StrictInt = Field(64, ge=1, le=MAX_CONV_WIDTH)  # dcgan: channels of G's widest conv layer / 2
     d_width: StrictInt = Field(64, ge=1, le=MAX_CONV_WIDTH)  # dcgan: channels of D's first conv layer
     spectral_norm: StrictBool = False  # on D's layers
-    # Class-conditional G (class embedding + conditional BatchNorm) and projection D; needs labelled data.
-    conditional: StrictBool = False
+    # Class-conditional G (class embedding + conditional BatchNorm) and projection D. true: on the data's labels
+    # (needs labelled data); clusters: on pseudo-labels, k-means clusters of D's features of training images
+    # (self-conditioned GAN, Liu et al. 2020; distgan.training.selfcond), which needs no labels.
+    conditional: Annotated[StrictBool | Literal["clusters"], BeforeValidator(_conditional)] = False
+    clusters: StrictInt | None = Field(None, ge=2, le=MAX_CLUSTERS)  # conditional=clusters: K, the number of clusters
+    # conditional=clusters: steps between clusterings, each with a snapshot of the current D
+    recluster_every: StrictInt = Field(2000, ge=1, le=MAX_STEPS)
+    # conditional=clusters: how many training images are clustered (kept in memory by the main process)
+    cluster_images: StrictInt = Field(10000, ge=2, le=1_000_000)
     # K, for conditional models; null: the trainer takes it from the data's manifest (like image_shape).
     # At most 65,536: distgan.data.shards.MAX_CLASSES (uint16 labels).
     num_classes: StrictInt | None = Field(None, ge=2, le=65536)
@@ -109,13 +126,34 @@ class ModelConfig(Section):
     # so a checkpoint alone can rebuild G. Set, it must agree with the data.
     image_shape: list[Annotated[StrictInt, Field(ge=1, le=4096)]] | None = Field(None, min_length=3, max_length=3)
 
+    @model_validator(mode="after")
+    def _clusters_fit(self) -> ModelConfig:
+        if self.conditional == "clusters":
+            if self.clusters is None:
+                raise ValueError("model.conditional=clusters needs model.clusters: K, the number of clusters (2 or "
+                                 "more)")
+            if self.num_classes is not None and self.num_classes != self.clusters:
+                raise ValueError(f"model.num_classes {self.num_classes} differs from model.clusters {self.clusters}; "
+                                 f"remove model.num_classes (it is model.clusters)")
+            if self.cluster_images < self.clusters:
+                raise ValueError(f"model.cluster_images {self.cluster_images} is fewer than model.clusters "
+                                 f"{self.clusters}; cluster at least K images")
+        elif self.clusters is not None:
+            raise ValueError("model.clusters is set but model.conditional is not clusters; set "
+                             "model.conditional=clusters or remove model.clusters")
+        return self
+
 
 class LossConfig(Section):
-    kind: Literal["bce", "hinge", "wgan-gp"] = "bce"
+    # bce: non-saturating, from logits; rpgan: relativistic pairing (R3GAN, Huang et al. 2025), used with
+    # r1_gamma and r2_gamma
+    kind: Literal["bce", "hinge", "wgan-gp", "rpgan"] = "bce"
     gp_weight: Real = Field(10.0, ge=0, le=1000)  # wgan-gp only; the usual value is 10
     # R1 penalty (gamma / 2) E||grad_x D(x_real)||^2 on real images; 0 = off. Any loss; usual with hinge/bce.
     r1_gamma: Real = Field(0.0, ge=0, le=10000)
-    r1_every: StrictInt = Field(16, ge=1, le=1000)  # lazy R1: every k D steps, weighted by k (StyleGAN2)
+    # R2: the same penalty on fake images, (r2_gamma / 2) E||grad_x D(G(z))||^2; 0 = off. R3GAN: r2_gamma = r1_gamma.
+    r2_gamma: Real = Field(0.0, ge=0, le=10000)
+    r1_every: StrictInt = Field(16, ge=1, le=1000)  # lazy R1 (and R2): every k D steps, weighted by k (StyleGAN2)
 
 
 AUGMENT_POLICIES = ("color", "translation", "cutout")
@@ -148,13 +186,13 @@ class TrainConfig(Section):
     batch_size: StrictInt = Field(64, ge=1, le=65536)  # per process
     d_steps: StrictInt = Field(1, ge=1, le=100)  # D steps per G step
     lr_g: Real = Field(2e-4, gt=0, le=1)  # Adam: anything above 1 only diverges
-    lr_d: Real = Field(2e-4, gt=0, le=1)
+    lr_d: Real = Field(2e-4, gt=0, le=1)  # D's learning rate (lr_d > lr_g: TTUR)
     betas: list[Beta] = Field([0.5, 0.999], min_length=2, max_length=2)  # Adam's (beta1, beta2), each in [0, 1)
     nan_patience: StrictInt = Field(20, ge=1, le=MAX_STEPS)  # consecutive non-finite losses before the run stops
 
 
 class EmaConfig(Section):
-    decay: Real = Field(0.999, ge=0, lt=1)
+    decay: Real = Field(0.999, ge=0, lt=1)  # EMA of G's weights, used for grids, sample, eval and export
     start_step: StrictInt = Field(0, ge=0, le=MAX_STEPS)  # before this step the EMA simply copies G
 
 
@@ -185,7 +223,7 @@ class LogConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every: StrictInt = Field(1000, ge=1, le=MAX_STEPS)
+    every: StrictInt = Field(1000, ge=1, le=MAX_STEPS)  # save every N steps (and at the end)
     keep: StrictInt = Field(3, ge=1, le=1000)  # keep the last K checkpoints
 
 
@@ -204,9 +242,9 @@ class RunConfig(Section):
 
 class WandbConfig(Section):
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in
-    project: Text = "distgan"
-    entity: str | None = None
-    name: str | None = None
+    project: Text = "distgan"  # W&B project
+    entity: str | None = None  # W&B entity (team or user); null: your default
+    name: str | None = None  # W&B run name; null: W&B picks one
 
 
 class DistConfig(Section):
@@ -224,6 +262,7 @@ class PreemptConfig(Section):
 class Config(Section):
     # seed: accelerate's set_seed also seeds numpy's legacy RNG, which takes 0 .. 2**32-1 only
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
+    # bf16: accelerate's autocast; fp16: with loss scaling, one GradScaler per optimizer
     mixed_precision: Annotated[Literal["no", "bf16", "fp16"], BeforeValidator(_no_is_no)] = "no"
     resume: Text = "auto"  # auto | never | path to a checkpoint directory
     # A label, not a hyperparameter: load_config sets it to the config file's stem unless the YAML sets it;
@@ -297,6 +336,8 @@ def _one_line(err: dict[str, Any]) -> str:
         reason = str(ctx.get("error", err["msg"]))
     else:
         reason = _REASONS.get(kind, err["msg"][:1].lower() + err["msg"][1:])
+    if kind == "value_error" and isinstance(err["input"], dict):
+        return f"config key {key!r}: {reason}"  # a check across a section's keys, whose message names them
     got = repr(err["input"])
     return f"config key {key!r}: {reason}, got {got if len(got) <= 60 else got[:57] + '...'}"
 

@@ -118,7 +118,8 @@ def test_errors_are_one_line_and_say_what_is_allowed():
         "config key 'model.g_hidden[0]': must be at most 16384, got 3000000000"
     assert error("train.lr_d=.inf") == "config key 'train.lr_d': must be a finite number, got inf"
     assert error("train.steps=2.5") == "config key 'train.steps': expected an integer, got 2.5"
-    assert error("loss.kind=wgan") == "config key 'loss.kind': expected one of 'bce', 'hinge' or 'wgan-gp', got 'wgan'"
+    assert error("loss.kind=wgan") == ("config key 'loss.kind': expected one of 'bce', 'hinge', 'wgan-gp' or 'rpgan', "
+                                       "got 'wgan'")
 
 
 def test_yaml_11_quirks_in_files(tmp_path):

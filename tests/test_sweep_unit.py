@@ -197,8 +197,9 @@ def test_check_trials_names_at_most_three_bad_trials(tmp_path):
     assert str(info.value) == (
         f"sweep file {path}: 5 of 6 trials are invalid: trial 0: config key 'train.lr_g': must be at most 1, got "
         "2.0; trial 1: config key 'seed': must be at least 0, got -1; trial 3: unknown config key 'model.zdim' "
-        "(known keys here: arch, conditional, d_hidden, d_width, g_hidden, g_width, image_shape, num_classes, "
-        "spectral_norm, sync_batchnorm, z_dim); did you mean 'model.z_dim'?; and 2 more")
+        "(known keys here: arch, cluster_images, clusters, conditional, d_hidden, d_width, g_hidden, g_width, "
+        "image_shape, num_classes, recluster_every, spectral_norm, sync_batchnorm, z_dim); did you mean "
+        "'model.z_dim'?; and 2 more")
 
 
 def test_check_trials_warns_once_per_repeated_trial(tmp_path):

@@ -15,9 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", default=None, metavar="all|K|K1,K2,...",
                         help="conditional generators only: the classes to draw; all (default) takes every "
-                             "class in turn, K one class, K1,K2,... those classes in turn (classes 0..K-1)")
+                             "class in turn, K one class, K1,K2,... those classes in turn (classes 0..K-1). A "
+                             "self-conditioned generator's classes are clusters; its default draws them in "
+                             "their training frequencies")
     parser.add_argument("--out", required=True, help="output .npz (key `images`, uint8 N x H x W or N x H x W x 3; "
-                        "and `labels`, int64 N, for a conditional generator)")
+                        "and `labels`, int64 N, for a conditional generator; `clusters` for a self-conditioned "
+                        "one)")
     parser.add_argument("--grid", default=None, help="also write a PNG grid of the images (one row per class for "
                         "a conditional generator)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -33,7 +33,7 @@ from distgan.evaluation.classifier import (
     to_input,
 )
 from distgan.evaluation.metrics import MIN_SAMPLES, FeatureSet, compute_metrics
-from distgan.generator.sampling import class_freqs_of, eval_labels, fixed_noise, num_classes_of
+from distgan.generator.sampling import class_freqs_of, eval_labels, fixed_noise, is_clustered, num_classes_of
 from distgan.pixels import to_uint8
 
 StopCheck = Callable[[], bool]
@@ -303,7 +303,9 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
     clf = load_classifier(classifier_path)
     expected = clf.input_shape
     labels = None
-    if num_classes_of(g):
+    if is_clustered(g):  # clusters: drawn in their frequencies, scored as an unconditional G (no class metrics)
+        labels = eval_labels(class_freqs_of(g), n, seed)
+    elif num_classes_of(g):
         if num_classes_of(g) != clf.num_classes:
             raise UserError(f"the generator is conditional on {num_classes_of(g)} classes but the classifier "
                             f"{classifier_path} has {clf.num_classes}; use a classifier trained on this dataset "
@@ -329,4 +331,4 @@ def evaluate_generator(accelerator: Any, generator: torch.nn.Module, *, n: int, 
         fake = _distributed_features(accelerator, n, clf, batch_size, make_images, should_stop)
     finally:
         g.train(was_training)
-    return _score_on_main(accelerator, fake, clf, test_split, seed, labels, stop_seen)
+    return _score_on_main(accelerator, fake, clf, test_split, seed, None if is_clustered(g) else labels, stop_seen)

@@ -10,6 +10,8 @@ Class-conditional models (`model.conditional`):
 - D is a projection discriminator (Miyato & Koyama 2018): logit = w . phi(x) + embed(y) . phi(x).
 - A conditional G keeps the training set's class frequencies in its `class_freqs` buffer, so a checkpoint
   or an export alone can draw labels as the data has them.
+- A self-conditioned G (`model.conditional: clusters`) is the same conditional G; its classes are clusters
+  of the training images (their sizes in `class_freqs`) and its `clustered` attribute is True.
 
 - MLP (the classic MNIST GAN): any shape; the image is flattened.
 - DCGAN: 28x28 (7 -> 14 -> 28, as for MNIST) and square powers of two from 16 to 128 (4 -> 8 -> ... ->
@@ -159,9 +161,12 @@ def _dcgan_init(module: nn.Module) -> None:
 
 
 def model_classes(cfg: ModelConfig) -> int:
-    """K for a conditional model (`model.num_classes`, filled in from the data), 0 for an unconditional one."""
+    """K for a conditional model (`model.num_classes`, filled in from the data; `model.clusters` for a
+    self-conditioned one), 0 for an unconditional one."""
     if not cfg.conditional:
         return 0
+    if cfg.conditional == "clusters":  # a self-conditioned model: K clusters (the config checks it is set)
+        return int(cfg.clusters)
     if not cfg.num_classes:
         raise UserError("model.conditional=true needs a labelled dataset (model.num_classes is taken from the "
                         "data's manifest); prepare the data with labels or set model.conditional=false")
@@ -172,9 +177,11 @@ def build_generator(cfg: ModelConfig, image_shape: Sequence[int]) -> nn.Module:
     """The generator named by `cfg.arch`, for images of `image_shape` (C, H, W)."""
     k = model_classes(cfg)
     if cfg.arch == "mlp":
-        return MLPGenerator(cfg.z_dim, cfg.g_hidden, image_shape, k)
-    g = DCGANGenerator(cfg.z_dim, cfg.g_width, image_shape, k)
-    g.apply(_dcgan_init)
+        g: nn.Module = MLPGenerator(cfg.z_dim, cfg.g_hidden, image_shape, k)
+    else:
+        g = DCGANGenerator(cfg.z_dim, cfg.g_width, image_shape, k)
+        g.apply(_dcgan_init)
+    g.clustered = cfg.conditional == "clusters"  # its classes are clusters, not the data's labels
     return g
 
 

@@ -42,7 +42,7 @@ from distgan.config import Config, config_from_dict, dump_config, load_yaml_text
 from distgan.errors import UserError
 from distgan.generator.architectures import build_generator
 from distgan.generator.grids import fixed_grid
-from distgan.generator.sampling import cycle_labels, fixed_noise, num_classes_of
+from distgan.generator.sampling import class_freqs_of, cycle_labels, fixed_noise, is_clustered, num_classes_of
 from distgan.hashing import file_sha256
 
 FORMAT = "distgan-generator/1"
@@ -182,7 +182,9 @@ def model_card(meta: dict[str, Any], config_yaml: str) -> str:
         f"# distgan {meta['arch']} generator ({c}x{h}x{w})", "",
         f"The EMA generator of a distgan run after {meta.get('step', '?')} steps: `z` ({meta['z_dim']} "
         f"standard normal values) to images of {c} channel(s), {h}x{w} pixels, in [-1, 1]."
-        + (f" Conditional on {k} classes: it also takes labels `y` (B,), integers 0..{k - 1}." if k else ""), "",
+        + (f" Conditional on {k} classes: it also takes labels `y` (B,), integers 0..{k - 1}." if k else "")
+        + (" Its classes are clusters of its training images (a self-conditioned GAN, trained without labels); "
+           "`config.json` has their frequencies (`class_freqs`)." if meta.get("clusters") else ""), "",
         f"![samples]({SAMPLES_PNG})" + (" (one row per class)" if k else ""), "",
         "## Use", "", "```python",
         "from distgan import load_generator, sample_images", "",
@@ -330,6 +332,9 @@ def write_export(out: str | Path, generator: torch.nn.Module, cfg: Config, *, st
     num_classes = getattr(generator, "num_classes", None)
     if num_classes:
         meta["conditional"], meta["num_classes"] = True, int(num_classes)
+    if is_clustered(generator):  # a self-conditioned G: its classes are clusters, drawn in these frequencies
+        meta["clusters"] = True
+        meta["class_freqs"] = [float(f) for f in class_freqs_of(generator)]
 
     def write(tmp: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()},

@@ -18,7 +18,7 @@ from distgan.errors import UserError
 from distgan.generator.architectures import build_generator, is_out_of_memory, out_of_memory_error
 from distgan.generator.export import is_export_dir, load_exported
 from distgan.generator.grids import samples_grid, save_png
-from distgan.generator.sampling import num_classes_of, parse_labels, sample_images
+from distgan.generator.sampling import default_labels, is_clustered, num_classes_of, parse_labels, sample_images
 from distgan.run.checkpoint import CONFIG_FILE, EMA_FILE, resolve_checkpoint
 from distgan.run.resume import saved_config
 
@@ -103,16 +103,19 @@ def _check_sample_args(n: int, seed: int, out: str | Path, grid: str | Path | No
 def write_samples(checkpoint: str | Path, *, n: int, seed: int, out: str | Path, grid: str | Path | None = None,
                   device: str | torch.device = "cpu", labels: str | None = None) -> np.ndarray:
     """Generate `n` images from a checkpoint's EMA G with noise from `seed`; write them to `out` (.npz, key
-    `images`, plus `labels` for a conditional G) and optionally a PNG grid (one row per class for a
-    conditional G), both atomically. `labels` is `--labels`' spec (default "all" for a conditional G; an
-    error for an unconditional one). Returns the uint8 images."""
+    `images`, plus `labels` for a conditional G, `clusters` for a self-conditioned one) and optionally a PNG
+    grid (one row per class for a conditional G), both atomically. `labels` is `--labels`' spec (default: "all"
+    for a class-conditional G, the clusters in their frequencies for a self-conditioned one; an error for an
+    unconditional one). Returns the uint8 images."""
     _check_sample_args(n, seed, out, grid)
     g, _ = load_generator(checkpoint, device)
     k = num_classes_of(g)
-    y = parse_labels(labels if labels is not None else "all", k, n) if (k or labels is not None) else None
+    y = parse_labels(labels, k, n) if labels is not None else default_labels(g, n, seed)
     try:
         images = sample_images(g, n, seed, y).numpy()
-        arrays = {"images": images} if y is None else {"images": images, "labels": y.numpy()}
+        # a self-conditioned G's classes are clusters: not `labels`, which `distgan eval` scores as classes
+        arrays = {"images": images} if y is None else {"images": images,
+                                                       "clusters" if is_clustered(g) else "labels": y.numpy()}
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
     except (MemoryError, RuntimeError) as e:

@@ -23,6 +23,20 @@ def num_classes_of(generator: torch.nn.Module) -> int:
     return int(getattr(generator, "num_classes", 0) or 0)
 
 
+def is_clustered(generator: torch.nn.Module) -> bool:
+    """Whether a conditional G's classes are clusters (a self-conditioned GAN) rather than the data's labels."""
+    return bool(getattr(generator, "clustered", False)) and num_classes_of(generator) > 0
+
+
+def default_labels(generator: torch.nn.Module, n: int, seed: int) -> torch.Tensor | None:
+    """The labels of n samples when none are asked for: every class in turn for a class-conditional G, the
+    clusters in their frequencies (eval_labels) for a self-conditioned one, None for an unconditional G."""
+    k = num_classes_of(generator)
+    if not k:
+        return None
+    return eval_labels(class_freqs_of(generator), n, seed) if is_clustered(generator) else cycle_labels(n, k)
+
+
 def class_freqs_of(generator: torch.nn.Module) -> torch.Tensor:
     """The training class frequencies (K,) a conditional G carries (`inputs.class_freqs`); uniform if absent."""
     freqs = getattr(getattr(generator, "inputs", None), "class_freqs", None)
@@ -105,9 +119,10 @@ def check_labels(generator: torch.nn.Module, n: int, labels: LabelsLike | None) 
 def sample_images(generator: torch.nn.Module, n: int, seed: int = 0, labels: LabelsLike | None = None) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, H, W, C) on the CPU from the fixed noise of `seed` (the same on any device).
 
-    A conditional G without `labels` draws every class in turn (sample i is class i % K)."""
-    if labels is None and num_classes_of(generator):
-        labels = cycle_labels(n, num_classes_of(generator))
+    A conditional G without `labels` draws every class in turn (sample i is class i % K); a self-conditioned
+    one draws its clusters in their frequencies (default_labels)."""
+    if labels is None:
+        labels = default_labels(generator, n, seed)
     return generate_images(generator, fixed_noise(n, int(generator.z_dim), seed), labels)
 
 

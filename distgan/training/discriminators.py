@@ -45,8 +45,13 @@ class MLPDiscriminator(nn.Module):
         self.out = nn.Linear(width, 1)
         self.project = Projection(width, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(x): the last hidden layer, which the logit and the projection read (the self-conditioned
+        GAN clusters it)."""
+        return self.net(x.flatten(1))
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.net(x.flatten(1))
+        phi = self.features(x)
         return self.out(phi).squeeze(1) + self.project(phi, labels)
 
 
@@ -72,8 +77,12 @@ class DCGANDiscriminator(nn.Module):
         self.out = nn.Linear(c_in * start * start, 1)
         self.project = Projection(c_in * start * start, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """phi(x): the flattened last conv features, which the logit and the projection read."""
+        return self.net(x)
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.net(x)
+        phi = self.features(x)
         return self.out(phi).squeeze(1) + self.project(phi, labels)
 
 

@@ -11,7 +11,12 @@
   the training set's class frequencies (G's `class_freqs`) right after its noise.
 - DiffAugment (distgan.training.augment) transforms every image D sees, real and fake, in both steps.
 - R1 (lazy): every `r1_every` D steps, (r1_gamma / 2) * r1_every * E||grad D(x_real)||^2 joins the D loss,
-  the gradient taken with respect to the real images before augmentation (as StyleGAN2-ADA does).
+  the gradient taken with respect to the real images before augmentation (as StyleGAN2-ADA does); R2 is
+  the same on the fake images, with r2_gamma (R3GAN).
+- rpgan (relativistic pairing, R3GAN): real logit i is paired with fake logit i, in the D loss and in the
+  G loss, so the G step runs D on the real batch too (frozen, without sync, as for the fakes).
+- Self-conditioned GAN (`labeller`, distgan.training.selfcond): the real batch's labels are its clusters
+  (the data's labels are never read) and the fake labels are drawn from the clusters' frequencies.
 - Noise, fake labels, augmentation and WGAN-GP interpolation weights come from generators seeded by
   (seed, rank, step, phase), so a resumed run draws exactly the numbers an uninterrupted one would.
 """
@@ -59,6 +64,7 @@ class StepStats:
     d_real: torch.Tensor
     d_fake: torch.Tensor
     r1: torch.Tensor | None  # None on the steps where lazy R1 did not run
+    r2: torch.Tensor | None = None  # likewise for R2
 
 
 def _d_output_stat(kind: str, logits: torch.Tensor) -> torch.Tensor:
@@ -72,11 +78,12 @@ class GANStep:
 
     def __init__(self, accelerator: Any, nets: Networks, precision: Precision, loss: LossConfig, *,
                  z_dim: int, seed: int, augment: AugmentConfig | None = None,
-                 class_freqs: torch.Tensor | None = None) -> None:
+                 class_freqs: torch.Tensor | None = None, labeller: Any | None = None) -> None:
         self.acc, self.nets, self.prec, self.loss = accelerator, nets, precision, loss
         self.z_dim, self.seed = z_dim, seed
         self.augment = DiffAugment(augment or AugmentConfig())
         self.class_freqs = class_freqs.to(accelerator.device) if class_freqs is not None else None
+        self.labeller = labeller  # pseudo-labels: `labels(real)` and `freqs` (K,), e.g. SelfConditioning
         self.grad_norms: dict[str, torch.Tensor] = {}
 
     def _gen(self, step: int, phase: int) -> torch.Generator:
@@ -88,8 +95,9 @@ class GANStep:
         gen = self._gen(step, phase)
         z = torch.randn(batch, self.z_dim, device=self.acc.device, generator=gen)
         labels = None
-        if self.class_freqs is not None:
-            labels = torch.multinomial(self.class_freqs, batch, replacement=True, generator=gen)
+        freqs = self.labeller.freqs if self.labeller is not None else self.class_freqs
+        if freqs is not None:
+            labels = torch.multinomial(freqs, batch, replacement=True, generator=gen)
         return z, labels, gen
 
     def __call__(self, reals: list[RealBatch], step: int, want_grad_norms: bool = False) -> StepStats:
@@ -98,30 +106,39 @@ class GANStep:
         fake = fake_labels = None
         for k, batch in enumerate(reals):
             real, real_labels = _split(batch)
-            real_labels = real_labels if self.class_freqs is not None else None  # an unconditional D takes none
+            if self.labeller is not None:
+                real_labels = self.labeller.labels(real)
+            elif self.class_freqs is None:
+                real_labels = None  # an unconditional D takes none
             z, fake_labels, gen = self._fake_inputs(real.shape[0], step, k)
             last = k == len(reals) - 1
             with self.prec.autocast(), (contextlib.nullcontext() if last else torch.no_grad()):
                 fake = self.nets.g(z, fake_labels)  # the last one keeps its graph for the G step
             d_step = step * len(reals) + k  # D steps so far, for lazy R1
-            d_total, gp, r1, real_logits, fake_logits = self._d_step(
+            d_total, gp, r1, r2, real_logits, fake_logits = self._d_step(
                 real, fake.detach(), gen, want_grad_norms and last, real_labels=real_labels,
                 fake_labels=fake_labels, aug_gen=self._gen(step, AUGMENT_D + k), d_step=d_step)
-        g_total = self._g_step(fake, want_grad_norms, fake_labels=fake_labels, aug_gen=self._gen(step, AUGMENT_G))
+        paired = {"real": real, "real_labels": real_labels} if self.loss.kind == "rpgan" else {}
+        g_total = self._g_step(fake, want_grad_norms, fake_labels=fake_labels, aug_gen=self._gen(step, AUGMENT_G),
+                               **paired)
         return StepStats(d_total.detach(), g_total.detach(), gp.detach(),
                          _d_output_stat(self.loss.kind, real_logits), _d_output_stat(self.loss.kind, fake_logits),
-                         None if r1 is None else r1.detach())
+                         None if r1 is None else r1.detach(), None if r2 is None else r2.detach())
 
-    def _r1_due(self, d_step: int) -> bool:
-        return self.loss.r1_gamma > 0 and d_step % self.loss.r1_every == 0
+    def _r1_due(self, d_step: int, gamma: float | None = None) -> bool:
+        """Whether lazy R1 (or, with `gamma` = r2_gamma, R2) runs at D step `d_step`."""
+        gamma = self.loss.r1_gamma if gamma is None else gamma
+        return gamma > 0 and d_step % self.loss.r1_every == 0
 
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator, want_norm: bool, *,
                 real_labels: torch.Tensor | None = None, fake_labels: torch.Tensor | None = None,
                 aug_gen: torch.Generator | None = None, d_step: int = 1):
         n = real.shape[0]
-        r1_due = self._r1_due(d_step)
+        r1_due, r2_due = self._r1_due(d_step), self._r1_due(d_step, self.loss.r2_gamma)
         if r1_due:
             real = real.detach().requires_grad_(True)
+        if r2_due:
+            fake = fake.detach().requires_grad_(True)
         inputs = torch.cat([real, fake])
         if self.augment:
             inputs = self.augment(inputs, aug_gen if aug_gen is not None else gen)
@@ -137,29 +154,37 @@ class GANStep:
         real_logits, fake_logits = logits[:n], logits[n:2 * n]
         loss = d_loss(self.loss.kind, real_logits, fake_logits)
         gp = torch.zeros((), device=loss.device)
-        r1 = None
+        r1 = r2 = None
         if x_hat is not None:
             gp = gradient_penalty(logits[2 * n:], x_hat, loss_scale=self.prec.scale("d"))
             loss = loss + self.loss.gp_weight * gp
         if r1_due:
             r1 = r1_penalty(real_logits, real, loss_scale=self.prec.scale("d"))
             loss = loss + (self.loss.r1_gamma / 2) * self.loss.r1_every * r1
+        if r2_due:
+            r2 = r1_penalty(fake_logits, fake, loss_scale=self.prec.scale("d"))  # R2: R1's penalty on the fakes
+            loss = loss + (self.loss.r2_gamma / 2) * self.loss.r1_every * r2
         self.nets.opt_d.zero_grad(set_to_none=True)
         self.prec.backward("d", loss, self.acc)
         self._record_norm("d", self.nets.opt_d, self.nets.d, want_norm)
         self.prec.step("d", self.nets.opt_d)
-        return loss, gp, r1, real_logits, fake_logits
+        return loss, gp, r1, r2, real_logits, fake_logits
 
     def _g_step(self, fake: torch.Tensor, want_norm: bool, *, fake_labels: torch.Tensor | None = None,
-                aug_gen: torch.Generator | None = None) -> torch.Tensor:
+                aug_gen: torch.Generator | None = None, real: torch.Tensor | None = None,
+                real_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G's update; `real` (and its labels) only for rpgan, whose G loss pairs each fake with a real."""
         d = self.nets.d
         d.requires_grad_(False)
         try:
+            n = fake.shape[0]
+            inputs = fake if real is None else torch.cat([fake, real.detach()])
+            labels = fake_labels if real is None or fake_labels is None else torch.cat([fake_labels, real_labels])
             if self.augment:
-                fake = self.augment(fake, aug_gen)
+                inputs = self.augment(inputs, aug_gen)
             with self.acc.no_sync(d), self.prec.autocast():
-                fake_logits = d(fake, fake_labels)
-            loss = g_loss(self.loss.kind, fake_logits)
+                logits = d(inputs, labels)
+            loss = g_loss(self.loss.kind, logits[:n], None if real is None else logits[n:])
             self.nets.opt_g.zero_grad(set_to_none=True)
             self.prec.backward("g", loss, self.acc)
         finally:

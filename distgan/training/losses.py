@@ -1,4 +1,5 @@
-"""GAN losses on D's logits: non-saturating BCE, hinge, WGAN with gradient penalty, and the R1 penalty.
+"""GAN losses on D's logits: non-saturating BCE, hinge, WGAN with gradient penalty, the relativistic pairing
+loss of R3GAN (rpgan), and the R1 penalty (R2 is the same penalty on fake images).
 
 All are computed from logits in float32, so they are safe under autocast (BCELoss is not).
 """
@@ -18,16 +19,23 @@ def d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> t
         return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
     if kind == "wgan-gp":
         return fake.mean() - real.mean()
+    if kind == "rpgan":  # -log sigmoid(D(x_i) - D(G(z_i))), real i paired with fake i (Huang et al. 2025)
+        return F.softplus(fake - real).mean()
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    """G's loss: non-saturating -log D(G(z)) for bce, -D(G(z)) for hinge and wgan-gp."""
+def g_loss(kind: str, fake_logits: torch.Tensor, real_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """G's loss: non-saturating -log D(G(z)) for bce, -D(G(z)) for hinge and wgan-gp, and for rpgan
+    -log sigmoid(D(G(z_i)) - D(x_i)), which needs the paired `real_logits`."""
     fake = fake_logits.float()
     if kind == "bce":
         return F.softplus(-fake).mean()
     if kind in ("hinge", "wgan-gp"):
         return -fake.mean()
+    if kind == "rpgan":
+        if real_logits is None:
+            raise ValueError("the rpgan G loss pairs every fake logit with a real one: pass real_logits")
+        return F.softplus(real_logits.float() - fake).mean()
     raise ValueError(f"unknown loss {kind!r}")
 
 

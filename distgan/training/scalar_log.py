@@ -27,6 +27,7 @@ class ScalarLog:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps, self.data_seconds, self.t0 = 0, 0.0, time.perf_counter()
         self.r1_sum, self.r1_steps = None, 0  # lazy R1 runs on some steps only: its mean is over those
+        self.r2_sum, self.r2_steps = None, 0  # and so does R2
 
     def add(self, stats: Any, data_seconds: float) -> None:
         """Fold one iteration's StepStats in (no device sync)."""
@@ -37,6 +38,9 @@ class ScalarLog:
         if getattr(stats, "r1", None) is not None:
             self.r1_sum = stats.r1 if self.r1_sum is None else self.r1_sum + stats.r1
             self.r1_steps += 1
+        if getattr(stats, "r2", None) is not None:
+            self.r2_sum = stats.r2 if self.r2_sum is None else self.r2_sum + stats.r2
+            self.r2_steps += 1
         self.steps += 1
         self.data_seconds += data_seconds
 
@@ -51,6 +55,8 @@ class ScalarLog:
         values = {k: float((v / n).item()) for k, v in self.sums.items()}
         if self.r1_steps:
             values["loss/r1"] = float((self.r1_sum / self.r1_steps).item())
+        if self.r2_steps:
+            values["loss/r2"] = float((self.r2_sum / self.r2_steps).item())
         values.update({"perf/images_per_s": n * images_per_step / elapsed, "perf/step_time_s": elapsed / n,
                        "perf/data_wait_s": self.data_seconds / n})
         self._reset()

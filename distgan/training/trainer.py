@@ -39,6 +39,7 @@ from distgan.training.grad_sync import DDP_BUCKET_CAP_MB
 from distgan.training.networks import apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.scalar_log import ScalarLog
+from distgan.training.selfcond import SelfConditioning
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,12 @@ def image_shape_for(cfg: Config, info: DatasetInfo) -> list[int]:
 
 
 def num_classes_for(cfg: Config, info: DatasetInfo) -> int | None:
-    """K for a conditional model: the data's number of classes (a `model.num_classes` set must agree)."""
+    """K for a conditional model: the data's number of classes (a `model.num_classes` set must agree), or
+    `model.clusters` for a self-conditioned one (which reads no labels)."""
     if not cfg.model.conditional:
         return cfg.model.num_classes
+    if cfg.model.conditional == "clusters":
+        return cfg.model.clusters
     if info.num_classes is None:
         raise UserError(f"model.conditional=true needs class labels, but the data in {cfg.data.dir} has none; "
                         f"prepare a labelled dataset (an image folder with one sub-folder per class) or set "
@@ -89,6 +93,14 @@ def num_classes_for(cfg: Config, info: DatasetInfo) -> int | None:
         raise UserError(f"model.num_classes {cfg.model.num_classes} differs from the {info.num_classes} classes "
                         f"of the data in {cfg.data.dir}; remove model.num_classes (it is taken from the data)")
     return info.num_classes
+
+
+def class_freqs_for(cfg: Config, info: DatasetInfo) -> list[float] | None:
+    """What a conditional G starts with as its class frequencies: the data's, or uniform over the clusters of
+    a self-conditioned G (the first clustering replaces them); None for an unconditional G."""
+    if cfg.model.conditional == "clusters":
+        return [1.0 / cfg.model.clusters] * cfg.model.clusters
+    return info.class_frequencies if cfg.model.conditional else None
 
 
 def make_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
@@ -133,17 +145,22 @@ class Trainer:
         self.run_dir = RunDir(Path(cfg.run.dir), acc)
         resume_from = self.run_dir.resume_point(cfg)
         self.run_dir.write_config(cfg)
-        self.nets = build_networks(cfg, acc, info.class_frequencies if cfg.model.conditional else None)
+        self.nets = build_networks(cfg, acc, class_freqs_for(cfg, info))
+        self.clusters = SelfConditioning.start(cfg, acc, self.precision, self.data_dir / "train") \
+            if cfg.model.conditional == "clusters" else None  # registered before a resume restores it
         self.state = TrainState()
         if resume_from is not None:
             self.state = load_checkpoint(acc, resume_from, ema=self.nets.ema, precision=self.precision)
             apply_hyperparameters(self.nets, cfg.train)  # the config's lr wins over the saved one
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
+        elif self.clusters is not None:
+            self.clusters.recluster(self.nets, step=0)  # the first clustering, with the initial D
         self.stream = BatchStream(self.data_dir / "train", num_workers=cfg.data.num_workers,
                                   batch_size=cfg.train.batch_size, seed=cfg.seed, accelerator=acc, position=self.state)
         g = self.nets.ema.module
         self.step_fn = GANStep(acc, self.nets, self.precision, cfg.loss, z_dim=cfg.model.z_dim, seed=cfg.seed,
-                               augment=cfg.augment, class_freqs=g.inputs.class_freqs if g.num_classes else None)
+                               augment=cfg.augment, class_freqs=g.inputs.class_freqs if g.num_classes else None,
+                               labeller=self.clusters)
         self.scalars = ScalarLog(acc.device)
         self.classifier, self.classifier_sha256 = self._eval_classifier()
         self.config_yaml = dump_config(cfg)
@@ -214,6 +231,8 @@ class Trainer:
         """Logging, grids, evaluation and checkpoints due at this step: (a checkpoint was saved, the
         evaluation was abandoned for a stop signal that all ranks agreed on)."""
         cfg, step = self.cfg, self.state.step
+        if self.clusters is not None and step % cfg.model.recluster_every == 0:
+            self._recluster()
         if step % cfg.log.every == 0:
             self._log_scalars(bar)
         if step % cfg.log.grid_every == 0 or step == 1:
@@ -255,6 +274,12 @@ class Trainer:
                 f"training diverged: the D or G loss was NaN/inf for {worst} steps in a row at step "
                 f"{self.state.step} (train.nan_patience={self.cfg.train.nan_patience}); last good checkpoint: "
                 f"{last or 'none'}; lower train.lr_d/train.lr_g or change mixed_precision")
+
+    def _recluster(self) -> None:
+        """Collective: the self-conditioned GAN's clustering again, with the current D; its stats logged."""
+        values = self.clusters.recluster(self.nets, self.state.step)
+        self.acc.log(values, step=self.state.step)
+        self.metrics.write(self.state.step, values)
 
     def _log_scalars(self, bar: tqdm) -> None:
         cfg = self.cfg

@@ -99,8 +99,8 @@ def test_describe_conflicts_shows_each_value_as_yaml_and_honours_the_limit():
 def test_model_fingerprint_is_the_model_section_without_sync_batchnorm_and_the_loss_kind():
     assert model_fingerprint(cfg_of("loss.kind=hinge")) == {
         "model": {"arch": "mlp", "z_dim": 100, "g_hidden": [256, 512, 1024], "d_hidden": [1024, 512, 256],
-                  "g_width": 64, "d_width": 64, "spectral_norm": False, "conditional": False, "num_classes": None,
-                  "image_shape": [1, 28, 28]},
+                  "g_width": 64, "d_width": 64, "spectral_norm": False, "conditional": False, "clusters": None,
+                  "recluster_every": 2000, "cluster_images": 10000, "num_classes": None, "image_shape": [1, 28, 28]},
         "loss.kind": "hinge"}
     # the loss's other values change the trajectory (a resume conflict), not the networks
     assert model_fingerprint(cfg_of("loss.gp_weight=1", "loss.r1_gamma=2")) == model_fingerprint(cfg_of())
