@@ -19,6 +19,16 @@ from safetensors.torch import load_file
 
 from distgan.run.checkpoint import complete_checkpoints
 
+
+def threads_per_worker() -> int:
+    """The CPU cores of this machine shared out among the pytest-xdist workers (1 with two workers on two
+    cores): more threads than that make every worker's OpenMP threads wait on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+torch.set_num_threads(threads_per_worker())  # the in-process tests of this worker
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST_RAW = Path(os.environ.get("DISTGAN_MNIST_RAW", REPO.parent / "shared" / "data" / "mnist"))
 PYTHON = sys.executable
@@ -178,6 +188,26 @@ def mnist_shards(tmp_path_factory, mnist_raw) -> Path:
     """`distgan prepare` output from the real MNIST files, made once per test run."""
     return make_once(tmp_path_factory, "mnist_shards", lambda out: run_cli(
         ["prepare", "--raw-dir", str(mnist_raw), "--out", str(out)], timeout=300))
+
+
+@pytest.fixture(scope="session")
+def small_mnist_shards(tmp_path_factory, mnist_raw) -> Path:
+    """The first 2,000 real training digits and 1,000 real test digits as shards of 500 (through `prepare
+    --npz`), made once per test run: an epoch in 10 batches of 200, for tests that cross epochs."""
+    import numpy as np
+
+    from distgan.data.idx import parse_idx
+
+    def make(out: Path) -> None:
+        arrays = {f"{split}_{kind}": parse_idx(mnist_raw / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind=kind)[:n]
+                  for split, prefix, n in (("train", "train", 2000), ("test", "t10k", 1000))
+                  for kind, dims in (("images", 3), ("labels", 1))}
+        out.mkdir(parents=True)
+        np.savez(out / "small.npz", **arrays)
+        run_cli(["prepare", "--npz", str(out / "small.npz"), "--out", str(out / "data"), "--shard-size", "500"],
+                timeout=300)
+
+    return make_once(tmp_path_factory, "small_mnist_shards", make) / "data"
 
 
 def wandb_records(run_dir: Path) -> list[dict]:

@@ -4,6 +4,7 @@ the panels for evaluation scores, and one-line errors. Real runs and real files,
 from __future__ import annotations
 
 import json
+import shutil
 import tracemalloc
 
 import numpy as np
@@ -35,8 +36,8 @@ def check_png(path, min_bytes=15_000):
 @pytest.mark.slow
 def test_plot_two_real_runs_one_resumed(mnist_shards, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(mnist_shards, straight)
     train(mnist_shards, resumed, "train.steps=10")
+    shutil.copytree(resumed, straight)  # a second run, to step 10 only
     train(mnist_shards, resumed, "train.steps=20")
     steps = [r["step"] for r in read_metrics(resumed / "metrics.jsonl") if "loss/d" in r]
     assert steps == [5, 10, 15, 20]  # each step once, in order, across the resume

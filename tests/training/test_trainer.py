@@ -71,15 +71,16 @@ def test_sample_command_writes_uint8_images_and_grid(mnist_shards, tmp_path):
 @pytest.mark.parametrize("extra", [[], ["model.arch=dcgan", "model.g_width=8", "model.d_width=8",
                                         "loss.kind=hinge", "train.d_steps=2", "data.num_workers=2",
                                         "model.conditional=true", "augment.policy=color,translation,cutout",
-                                        "train.batch_size=500"]],  # 2 D batches a step: past an epoch at 14
+                                        "train.batch_size=100"]],  # 2 D batches a step: past an epoch at 14
                          ids=["mlp-bce", "conditional-dcgan-diffaugment-2workers"])
-def test_resume_is_exact(mnist_shards, tmp_path, extra):
-    """N steps straight == k steps, stop, resume to N (bitwise on CPU fp32), across an epoch boundary."""
-    common = ["train.batch_size=1000", "checkpoint.every=5", "checkpoint.keep=10", *extra]  # 10 batches/epoch
+def test_resume_is_exact(small_mnist_shards, tmp_path, extra):
+    """N steps straight == k steps, stop, resume to N (bitwise on CPU fp32), across an epoch boundary (2,000
+    real digits in 4 shards: an epoch is 10 batches of 200)."""
+    common = ["train.batch_size=200", "checkpoint.every=5", "checkpoint.keep=10", *extra]  # 10 batches/epoch
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(mnist_shards, straight, "train.steps=14", *common)
-    train(mnist_shards, split, "train.steps=7", *common)
-    proc = train(mnist_shards, split, "train.steps=14", *common)
+    train(small_mnist_shards, straight, "train.steps=14", *common)
+    train(small_mnist_shards, split, "train.steps=7", *common)
+    proc = train(small_mnist_shards, split, "train.steps=14", *common)
     assert "resumed from" in proc.stdout + proc.stderr
     assert_same_weights(final_weights(straight), final_weights(split))
     a = json.loads((straight / "checkpoints/step_0000014/trainer_state.json").read_text())["state"]

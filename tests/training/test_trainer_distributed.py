@@ -42,16 +42,16 @@ def test_two_process_debug_run(mnist_shards, tmp_path):
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # one W&B run, from the main process only
 
 
-def test_two_process_resume_is_exact(mnist_shards, tmp_path):
+def test_two_process_resume_is_exact(small_mnist_shards, tmp_path):
     """A conditional GAN with DiffAugment and lazy R1 (WGAN-GP's penalty too) in 2 processes: resume equals the
-    straight run."""
-    common = ["train.batch_size=500", "checkpoint.every=4", "checkpoint.keep=10",  # 10 steps per epoch
+    straight run, across an epoch boundary (2,000 real digits)."""
+    common = ["train.batch_size=100", "checkpoint.every=4", "checkpoint.keep=10",  # 10 steps per epoch
               "model.conditional=true", "loss.kind=wgan-gp", "augment.policy=translation,cutout",
               "loss.r1_gamma=1", "loss.r1_every=4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    launch_train(mnist_shards, straight, "train.steps=12", *common)
-    launch_train(mnist_shards, split, "train.steps=6", *common)
-    launch_train(mnist_shards, split, "train.steps=12", *common)
+    launch_train(small_mnist_shards, straight, "train.steps=12", *common)
+    launch_train(small_mnist_shards, split, "train.steps=6", *common)
+    launch_train(small_mnist_shards, split, "train.steps=12", *common)
     assert_same_weights(final_weights(straight), final_weights(split))
     reports = read_rank_reports(split)
     assert {r["g_sha256"] for r in reports} == {read_rank_reports(straight)[0]["g_sha256"]}
@@ -72,18 +72,18 @@ def test_ddp_g_step_sends_no_d_allreduce_and_keeps_d(tmp_path):
 
 def test_two_processes_save_a_checkpoint_at_every_step(mnist_shards, tmp_path):
     """The checkpoint stress test for 2 processes (4 run on the two-node SLURM cluster, launch/test_slurm.py): a save
-    at every one of 300 steps, pruned to the newest two, never a failure; each rank makes durable only what
+    at every one of 100 steps, pruned to the newest two, never a failure; each rank makes durable only what
     it wrote, so no rank lists files that another is still renaming into place."""
     from distgan.run.checkpoint import checkpoint_problem
 
     run = tmp_path / "run"
-    proc = launch_train(mnist_shards, run, "train.steps=300", "checkpoint.every=1", "checkpoint.keep=2",
+    proc = launch_train(mnist_shards, run, "train.steps=100", "checkpoint.every=1", "checkpoint.keep=2",
                         "log.every=50", "log.grid_every=1000", "wandb.mode=disabled", "log.progress=false")
     assert "Traceback" not in proc.stderr
     saved = complete_checkpoints(run, warn=False)
-    assert [step for step, _ in saved] == [299, 300]
+    assert [step for step, _ in saved] == [99, 100]
     assert all(checkpoint_problem(path) is None for _, path in saved)
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith((".tmp_", ".old_"))]
     reports = read_rank_reports(run)
-    assert [r["world_size"] for r in reports] == [2, 2] and [r["step"] for r in reports] == [300, 300]
+    assert [r["world_size"] for r in reports] == [2, 2] and [r["step"] for r in reports] == [100, 100]
     assert reports[0]["g_sha256"] == reports[1]["g_sha256"]
