@@ -81,7 +81,7 @@ def job_info(job: str) -> dict[str, str]:
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float, job: str, out: Path,
-             interval: float = 0.2) -> Any:
+             interval: float = 0.5) -> Any:
     """Poll `predicate()` until it returns something truthy; cancel the job and fail with its state and
     log if it does not within `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 """launch/slurm/train.sbatch on the real local SLURM cluster: two slurmd nodes (n1, n2) on this machine
 (`launch/slurm/local_cluster.sh start --nodes 2`), gloo processes, configs/debug.yaml, W&B offline.
 
-- a 2-node x 2-process job saving a checkpoint at every one of 150 steps (the checkpoint stress test
+- a 2-node x 2-process job saving a checkpoint at every one of 80 steps (the checkpoint stress test
   for 4 processes), and the same job preempted by SIGUSR1, requeued and resumed: the same final weights;
 - `scontrol requeue` and `scancel` (SIGTERM to every process of the step, W&B's service included): a
   checkpoint at the step the signal came, no traceback, and the requeued job resumes from it;
@@ -39,7 +39,7 @@ from distgan.data import build_loader
 
 pytestmark = pytest.mark.slow
 
-STEPS = 150
+STEPS = 80
 LOG_EVERY = 5
 
 
@@ -101,7 +101,7 @@ def test_two_nodes_read_every_image_once_in_the_single_node_order(slurm_two_node
 
 def test_two_nodes_preempted_and_resumed_equal_an_uninterrupted_run(slurm_two_nodes, mnist_shards, tmp_path):
     """Two 2-node jobs at once, one CPU per node each: `stress` saves a checkpoint at every step (4 processes,
-    150 saves, no failure allowed); `preempted` gets SIGUSR1 on every process, saves, requeues itself and
+    80 saves, no failure allowed); `preempted` gets SIGUSR1 on every process, saves, requeues itself and
     resumes. Both end with the same weights on all 4 ranks."""
     runs = {name: (tmp_path / name, tmp_path / f"{name}.out") for name in ("stress", "preempted")}
     common = (f"train.steps={STEPS}", f"log.every={LOG_EVERY}", "log.grid_every=1000")
