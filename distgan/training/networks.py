@@ -67,8 +67,11 @@ def _build_networks(cfg: Config, accelerator: Any, class_freqs: Sequence[float] 
             log.warning("model.sync_batchnorm: SyncBatchNorm needs GPUs; keeping BatchNorm on %s",
                         accelerator.device)
     ema = EMA(g, cfg.ema)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=tuple(cfg.train.betas))
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=tuple(cfg.train.betas))
+    # fused: one kernel for all parameters. On the 2-core CPU one Adam step over mnist_cgan's G and D takes
+    # 0.45 ms fused, 1.8 ms foreach and 5.1 ms with the CPU default (a loop over tensors); mnist_cgan in bf16
+    # trains at 16.3 steps/s against 15.2 (`bench profile`, 300 steps, two runs each, evaluation off).
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.train.lr_g, betas=tuple(cfg.train.betas), fused=True)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.train.lr_d, betas=tuple(cfg.train.betas), fused=True)
     g, d, opt_g, opt_d = accelerator.prepare(g, d, opt_g, opt_d)  # never the loader: it is split per rank
     for module in (g, d):  # bitwise the same gradients after a resume, with any number of processes
         register_canonical_allreduce(module)

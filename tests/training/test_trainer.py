@@ -18,8 +18,10 @@ pytestmark = pytest.mark.slow  # real training runs (the unit tier is `-m "not s
 DEBUG = "configs/debug.yaml"
 
 
-def train(shards, run_dir, *overrides, check=True, timeout=180):
-    return run_cli(["train", "--config", DEBUG, f"data.dir={shards}", f"run.dir={run_dir}", "wandb.mode=offline",
+def train(shards, run_dir, *overrides, check=True, timeout=180, wandb="offline"):
+    """`distgan train` of the debug config; W&B offline (a real run, read back with `wandb leet inspect`), or
+    `wandb="disabled"` where a test reads nothing from W&B (each offline run starts W&B's service)."""
+    return run_cli(["train", "--config", DEBUG, f"data.dir={shards}", f"run.dir={run_dir}", f"wandb.mode={wandb}",
                     *overrides], timeout=timeout, check=check)
 
 
@@ -55,7 +57,7 @@ def test_debug_run_end_to_end(mnist_shards, tmp_path):
 
 def test_sample_command_writes_uint8_images_and_grid(mnist_shards, tmp_path):
     run = tmp_path / "run"
-    train(mnist_shards, run, "train.steps=10")
+    train(mnist_shards, run, "train.steps=10", wandb="disabled")
     out, grid = tmp_path / "s.npz", tmp_path / "s.png"
     run_cli(["sample", "--checkpoint", str(run), "--n", "12", "--seed", "3", "--out", str(out), "--grid", str(grid)],
             timeout=120)
@@ -113,10 +115,10 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(mnist_shards, tmp_path)
     # An 8-layer WGAN critic without penalty at lr 1 overflows within a few steps. The second run changes
     # the learning rates, so it resumes from an explicit checkpoint (resume=auto would refuse the change).
     deep = ("loss.kind=wgan-gp", "loss.gp_weight=0", "model.d_hidden=[64,64,64,64,64,64,64,64]")
-    train(mnist_shards, run, "train.steps=5", "checkpoint.every=5", *deep)
+    train(mnist_shards, run, "train.steps=5", "checkpoint.every=5", *deep, wandb="disabled")
     proc = train(mnist_shards, run, "train.steps=400", "train.lr_d=1", "train.lr_g=1", *deep,
                  f"resume={run / 'checkpoints' / 'step_0000005'}", "train.nan_patience=3", "checkpoint.every=5",
-                 check=False)
+                 check=False, wandb="disabled")
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
     assert "training diverged" in err or "non-finite" in err, proc.stderr[-2000:]
@@ -132,17 +134,18 @@ def test_bad_input_gives_one_line_errors(mnist_shards, tmp_path):
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert needle in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
 
-    one_line_error(train(mnist_shards, tmp_path / "a", "train.batch_size=many", check=False), "'train.batch_size'")
-    one_line_error(train(mnist_shards, tmp_path / "a", "model.widht=3", check=False), "'model.widht'")
+    quiet = {"check": False, "wandb": "disabled"}
+    one_line_error(train(mnist_shards, tmp_path / "a", "train.batch_size=many", **quiet), "'train.batch_size'")
+    one_line_error(train(mnist_shards, tmp_path / "a", "model.widht=3", **quiet), "'model.widht'")
     one_line_error(train(tmp_path / "no_such_data", tmp_path / "b", check=False), "distgan prepare")
-    assert not (tmp_path / "b" / "wandb").exists()  # no W&B run for a run that could not start
+    assert not (tmp_path / "b" / "wandb").exists()  # no W&B run (offline asked for) for a run that could not start
     run = tmp_path / "c"
-    train(mnist_shards, run, "train.steps=5", "checkpoint.every=5")
-    one_line_error(train(mnist_shards, run, "model.arch=dcgan", check=False), "model.arch")
-    one_line_error(train(mnist_shards, run, "model.g_hidden=[8]", check=False), "model.g_hidden")
+    train(mnist_shards, run, "train.steps=5", "checkpoint.every=5", wandb="disabled")
+    one_line_error(train(mnist_shards, run, "model.arch=dcgan", **quiet), "model.arch")
+    one_line_error(train(mnist_shards, run, "model.g_hidden=[8]", **quiet), "model.g_hidden")
     incomplete = run / "checkpoints" / "step_0000009"
     incomplete.mkdir()
-    proc = train(mnist_shards, run, "train.steps=6", "checkpoint.every=5")
+    proc = train(mnist_shards, run, "train.steps=6", "checkpoint.every=5", wandb="disabled")
     assert "ignoring incomplete checkpoint" in proc.stderr and "resumed from" in proc.stdout + proc.stderr
 
 
