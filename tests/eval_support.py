@@ -18,17 +18,17 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def classifier_file(tmp_path_factory, mnist_shards: Path) -> Path:
-    """Path of a classifier trained by `distgan train-classifier` on the first 5,000 training digits of the
-    session's shards, 3 epochs (about 97% test accuracy: enough for the tests, in half the time of all 10,000;
-    made once per test run, shared by the pytest-xdist workers)."""
+    """Path of a classifier trained by `distgan train-classifier` on the session's shards, 3 epochs (made once
+    per test run, shared by the pytest-xdist workers). All 10,000 digits: tests/evaluation/test_classifier.py
+    holds it to the product's 98% accuracy floor and to a reference score above 9.3, which 5,000 digits (97.6%)
+    or 2 epochs (score 9.26) miss."""
     from conftest import make_once, run_cli, test_env, threads_per_worker
 
     def train(folder: Path) -> None:
         out = folder / "classifier.pt"
         threads = str(threads_per_worker())
-        proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out), "--epochs", "3",
-                        "--max-train", "5000"], timeout=600,
-                       env=test_env(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads))
+        proc = run_cli(["train-classifier", "--shards", str(mnist_shards), "--out", str(out), "--epochs", "3"],
+                       timeout=600, env=test_env(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads))
         (folder / "train.log").write_text(proc.stdout)
 
     return make_once(tmp_path_factory, "eval_classifier", train) / "classifier.pt"
