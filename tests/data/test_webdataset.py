@@ -312,6 +312,7 @@ def test_manifest_refuses_bad_fields_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # two real 2-process runs
 def test_cli_adopts_and_two_processes_train(tmp_path, capsys):
     """`distgan prepare --webdataset` (the CLI in-process), then the one 2-process run: `distgan train` with
     data.dir at the manifest's directory under accelerate (gloo), a few steps of the debug config; then every
