@@ -37,11 +37,12 @@ before the shape was recorded) is no longer read: `distgan prepare` rewrites it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -231,6 +232,21 @@ def _corrupt(path: Path, what: str) -> UserError:
     return UserError(f"{path}: {what}; the shard is truncated or corrupt, rerun `distgan prepare`")
 
 
+@contextlib.contextmanager
+def reading_shard(path: Path, *, rerun: str, why: str = "") -> Iterator[None]:
+    """Around the reading of shard `path`: a missing file or a read or tar error becomes one UserError line
+    naming the shard, `why` it failed (when given, ending in ", ") and the command to `rerun`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: shard missing; rerun `{rerun}`") from e
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        msg = str(e).split("\n")[0] or type(e).__name__
+        raise UserError(f"{path}: cannot read shard ({type(e).__name__}: {msg}); {why}rerun `{rerun}`") from e
+
+
 @dataclass(frozen=True)
 class _Span:
     """Where an images.u8 member's bytes lie in the shard file (read later, straight into the array)."""
@@ -297,26 +313,19 @@ def read_shard(path: Path, layout: Layout) -> tuple[np.ndarray, np.ndarray, list
     read from the file straight into its place in that array (one copy). Any read or format problem
     becomes a one-line UserError naming the shard.
     """
-    try:
-        with open(path, "rb") as f:
-            packs = _packs(path, f, os.fstat(f.fileno()).st_size, layout)
-            checked = [_check_pack(p, str(path), layout) for p in packs]  # before any allocation
-            images = np.empty((sum(len(labels) for labels, _ in checked), *layout.shape), np.uint8)
-            flat = memoryview(images.reshape(-1))
-            pos = 0
-            for p in packs:
-                span: _Span = p["images.u8"]
-                f.seek(span.offset)
-                if f.readinto(flat[pos:pos + span.size]) != span.size:
-                    raise _corrupt(path, f"pack {p['__key__']} runs past the end of the file")
-                pos += span.size
-    except UserError:
-        raise
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: shard missing; rerun `distgan prepare`") from e
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        msg = str(e).split("\n")[0] or type(e).__name__
-        raise _corrupt(path, f"cannot read shard ({type(e).__name__}: {msg})") from e
+    with (reading_shard(path, rerun="distgan prepare", why="the shard is truncated or corrupt, "),
+          open(path, "rb") as f):
+        packs = _packs(path, f, os.fstat(f.fileno()).st_size, layout)
+        checked = [_check_pack(p, str(path), layout) for p in packs]  # before any allocation
+        images = np.empty((sum(len(labels) for labels, _ in checked), *layout.shape), np.uint8)
+        flat = memoryview(images.reshape(-1))
+        pos = 0
+        for p in packs:
+            span: _Span = p["images.u8"]
+            f.seek(span.offset)
+            if f.readinto(flat[pos:pos + span.size]) != span.size:
+                raise _corrupt(path, f"pack {p['__key__']} runs past the end of the file")
+            pos += span.size
     if not checked:
         return images, np.empty((0,), layout.label_dtype), []
     return images, np.concatenate([labels for labels, _ in checked]), [k for _, keys in checked for k in keys]

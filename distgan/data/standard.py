@@ -51,6 +51,7 @@ from distgan.data.shards import (
     STANDARD_LABEL_EXTS,
     check_num_classes,
     is_url,
+    reading_shard,
     sample_key,
     shard_name,
     write_manifest,
@@ -237,7 +238,7 @@ class StandardShard:
         labels: list[int] = []
         keys: list[str] = []
         image_ext, label_ext = spec.image_ext, spec.label_ext
-        try:
+        with reading_shard(path, rerun="distgan prepare --webdataset"):
             data = path.read_bytes()
             index = plain_index(data)
             plain = index is not None
@@ -255,14 +256,6 @@ class StandardShard:
                 offsets.append(image)
                 labels.append(-1 if label_ext is None else parse_label(data[label[0]:label[0] + label[1]], label_ext))
                 keys.append(key)
-        except UserError:
-            raise
-        except FileNotFoundError as e:
-            raise UserError(f"{path}: shard missing; rerun `distgan prepare --webdataset`") from e
-        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-            msg = str(e).split("\n")[0] or type(e).__name__
-            raise UserError(f"{path}: cannot read shard ({type(e).__name__}: {msg}); rerun `distgan prepare "
-                            f"--webdataset`") from e
         return data, offsets, np.asarray(labels, np.int64), np.array(keys), plain
 
     def _blob(self, j: int) -> bytes:
