@@ -189,6 +189,9 @@ class TrainConfig(Section):
     lr_d: Real = Field(2e-4, gt=0, le=1)  # D's learning rate (lr_d > lr_g: TTUR)
     betas: list[Beta] = Field([0.5, 0.999], min_length=2, max_length=2)  # Adam's (beta1, beta2), each in [0, 1)
     nan_patience: StrictInt = Field(20, ge=1, le=MAX_STEPS)  # consecutive non-finite losses before the run stops
+    # G, D and the EMA of G in channels-last memory format (the convolutions' fast layout on CPUs and GPUs);
+    # the weights, and so checkpoints, samples and exports, are the same numbers either way
+    channels_last: StrictBool = True
 
 
 class EmaConfig(Section):

@@ -40,6 +40,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "dist.timeout_s",  # infrastructure
     "preempt.*",  # infrastructure
     "model.sync_batchnorm",  # same weights; it follows the world size, which may change on requeue
+    "train.channels_last",  # memory layout only; a resume gives the optimizer state the new layout
 )
 
 

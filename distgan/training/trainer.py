@@ -36,7 +36,7 @@ from distgan.run.tracking import describe_wandb_run, log_image, resolve_mode, st
 from distgan.training.artifacts import ModelArtifacts
 from distgan.training.gan_step import GANStep
 from distgan.training.grad_sync import DDP_BUCKET_CAP_MB
-from distgan.training.networks import apply_hyperparameters, build_networks
+from distgan.training.networks import align_optimizer_state, apply_hyperparameters, build_networks
 from distgan.training.precision import Precision, accelerate_mixed_precision
 from distgan.training.scalar_log import ScalarLog
 from distgan.training.selfcond import SelfConditioning
@@ -152,6 +152,7 @@ class Trainer:
         if resume_from is not None:
             self.state = load_checkpoint(acc, resume_from, ema=self.nets.ema, precision=self.precision)
             apply_hyperparameters(self.nets, cfg.train)  # the config's lr wins over the saved one
+            align_optimizer_state(self.nets)
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
         elif self.clusters is not None:
             self.clusters.recluster(self.nets, step=0)  # the first clustering, with the initial D

@@ -51,6 +51,36 @@ def test_every_parameter_gets_its_own_gradient_back(one_process_group):
             assert torch.equal(p.grad, q.grad), (step, name)
 
 
+class ConvNet(torch.nn.Module):
+    """4-D weights, which `train.channels_last` lays out channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(4 * 6 * 6, 1)
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.up = torch.nn.ConvTranspose2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.up(self.conv(x)).flatten(1)).square().sum()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channels_last_weights_get_their_own_gradient_back(one_process_group, layout):
+    torch.manual_seed(0)
+    plain = ConvNet().to(memory_format=layout)
+    ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(plain), bucket_cap_mb=DDP_BUCKET_CAP_MB)
+    register_canonical_allreduce(ddp)
+    assert ddp.module.conv.weight.is_contiguous(memory_format=layout)
+    for step in range(3):
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(step)).to(memory_format=layout)
+        plain.zero_grad()
+        ddp.zero_grad()
+        plain(x).backward()
+        ddp(x).backward()
+        for (name, p), q in zip(plain.named_parameters(), ddp.module.parameters(), strict=True):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-6, atol=1e-7), (step, name)
+
+
 def test_an_unwrapped_module_is_left_alone():
     m = torch.nn.Linear(2, 2)
     before = {k: v.clone() for k, v in m.state_dict().items()}

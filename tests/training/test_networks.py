@@ -1,9 +1,11 @@
 """distgan.training.networks on a one-process CPU Accelerator with tiny models: `build_networks` (G, D, their
 Adam optimizers from the config, the EMA as a frozen copy of G, seeded identical builds, a conditional G's class
 frequencies, BatchNorm kept in one process), its refusals (no model.image_shape, missing class frequencies),
-and `apply_hyperparameters` after a resume."""
+channels-last layout, and `apply_hyperparameters` and `align_optimizer_state` after a resume."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from accelerate import Accelerator
 from distgan.config import Config, TrainConfig, load_config
 from distgan.generator.architectures import DCGANGenerator, MLPGenerator
 from distgan.training.discriminators import MLPDiscriminator
-from distgan.training.networks import apply_hyperparameters, build_networks
+from distgan.training.networks import align_optimizer_state, apply_hyperparameters, build_networks
 
 TINY = ["model.z_dim=4", "model.g_hidden=[8]", "model.d_hidden=[8]", "model.image_shape=[1,4,4]"]
 
@@ -116,3 +118,50 @@ def test_apply_hyperparameters_overrides_what_a_resume_loaded(acc):
     nets.opt_g.step()
     moved = [(g.state_dict()[k] - before[k]).abs() for k in before]
     assert all(float(m.max()) <= 0.004 * 1.01 for m in moved) and any(float(m.max()) > 0.003 for m in moved)
+
+
+CONV = ["model.arch=dcgan", "model.g_width=4", "model.d_width=4", "model.image_shape=[1,16,16]"]
+
+
+def two_layouts(t: torch.Tensor) -> bool:
+    """Whether channels-last and contiguous differ for `t` (not for 1 channel or a 1 x 1 kernel)."""
+    return t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
+
+
+def adam_step(nets, x: torch.Tensor) -> None:
+    nets.opt_d.zero_grad()
+    (nets.d(x) - 1).square().mean().backward()  # gradients far from 0: Adam steps of about lr
+    nets.opt_d.step()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_lays_out_g_d_and_the_ema_and_computes_the_same(acc, channels_last):
+    nets = build_networks(cfg_of(*CONV, f"train.channels_last={str(channels_last).lower()}"), acc)
+    plain = build_networks(cfg_of(*CONV, "train.channels_last=false"), acc)
+    convs = [p for m in (nets.g, nets.d, nets.ema.module) for p in m.parameters() if two_layouts(p)]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) == channels_last and
+                         p.is_contiguous() != channels_last for p in convs)
+    z = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(nets.g(z), plain.g(z), rtol=1e-5, atol=1e-6)  # the same model, another layout
+
+
+def test_optimizer_state_saved_in_another_layout_is_aligned_before_fused_adam_steps(acc):
+    """A checkpoint of a train.channels_last=false run resumed with it true: fused Adam pairs parameter and
+    state element by element in memory, so the loaded (contiguous) state must take the parameter's layout."""
+    x = torch.randn(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    saved = build_networks(cfg_of(*CONV, "train.channels_last=false"), acc)
+    adam_step(saved, x)
+    reference = build_networks(cfg_of(*CONV, "train.channels_last=false"), acc)
+    resumed = build_networks(cfg_of(*CONV), acc)
+    for nets in (reference, resumed):
+        nets.d.load_state_dict(saved.d.state_dict())
+        nets.opt_d.load_state_dict(copy.deepcopy(saved.opt_d.state_dict()))  # as from a file: nothing shared
+    state = [v for s in resumed.opt_d.state.values() for v in s.values() if torch.is_tensor(v) and two_layouts(v)]
+    assert state and not any(v.is_contiguous(memory_format=torch.channels_last) for v in state)  # as saved
+    align_optimizer_state(resumed)
+    for p, s in resumed.opt_d.state.items():
+        assert all(v.stride() == p.stride() for v in s.values() if torch.is_tensor(v) and v.shape == p.shape)
+    for nets in (reference, resumed):
+        adam_step(nets, x)
+    for (name, a), b in zip(reference.d.state_dict().items(), resumed.d.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
