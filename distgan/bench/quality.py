@@ -7,7 +7,9 @@ minutes the run gets SIGTERM, which the trainer answers by saving a checkpoint a
 reached is in the row), exactly as a preempted job would. The curve of the in-training evaluations
 (step, minutes, FID, score, ...) is printed after the table and saved with the scores in
 `OUT/<config>-seed<S>/quality.json`, with the time to goal: the steps and wall minutes until the first
-in-training evaluation that meets each goal, and all of them at once.
+in-training evaluation that meets each goal, and all of them at once. Last comes the precision diagnostic
+of the final checkpoint (distgan.bench.diagnostic): its scores against truncation of z, and the histogram
+of the classifier's confidence on its samples beside the real images'.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from distgan.atomic import write_json_atomic
+from distgan.bench.diagnostic import format_diagnostic, precision_diagnostic
 from distgan.collectives import needs_cpu_flag
 from distgan.config import load_config
 from distgan.errors import UserError
@@ -153,6 +156,8 @@ def bench_quality(config: Path, *, seeds: Sequence[int], minutes: float, n: int,
             keep = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
             entry["checkpoints"][label] = {"path": str(ckpt), "step": step, "scores": keep,
                                            "goals_met": meets(name, keep)}
+        entry["diagnostic"] = precision_diagnostic(accelerator, entry["checkpoints"]["final"]["path"],
+                                                   shards=saved.data.dir, classifier=saved.eval.classifier, n=n)
         write_json_atomic(run_dir / "quality.json", entry)
         results.append(entry)
     _print(name, results, n)
@@ -178,6 +183,8 @@ def _print(name: str, results: list[dict[str, Any]], n: int) -> None:
             reached = entry["time_to_goal"]
             print(f"seed {entry['seed']}: every goal at once: {_reached(reached['all'])}; " +
                   ", ".join(f"{key} {_reached(when)}" for key, when in reached.items() if key != "all"))
+    for entry in (e for e in results if "diagnostic" in e):
+        print("\n" + "\n".join(format_diagnostic(f"{name} seed {entry['seed']} final", entry["diagnostic"])))
     for entry in results:
         print(f"\ncurve, seed {entry['seed']} (in-training evaluations):")
         print(f"{'step':>6} {'min':>6} " + " ".join(f"{t:>9}" for _, t, _ in COLUMNS))

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default="64,256", help="comma-separated per-process batch sizes")
     p.add_argument("--steps", type=int, default=300, help="G steps per measurement")
     p.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is kept")
+    p.add_argument("--precision", choices=("no", "bf16", "fp16"), default="no",
+                   help="mixed_precision of both loops (the plain one autocasts as the trainer does)")
     p = sub.add_parser("quality", help="train a config as a user would, then score it (FID, classifier score, "
                                        "precision/recall, ...)")
     p.add_argument("--config", required=True, help="training config, e.g. configs/mnist_cgan.yaml")
@@ -81,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
         from distgan.bench.train import bench_train
 
         bench_train(open_dataset(args.shards), batch_sizes=_ints(args.batch_sizes, "--batch-sizes"), steps=args.steps,
-                    repeats=args.repeats)
+                    repeats=args.repeats, precision=args.precision)
     return 0

@@ -249,6 +249,9 @@ def prepare(out: str | os.PathLike[str], *, raw_dir: str | os.PathLike[str] | No
         c, h, w = layout.shape
         classes = "unlabelled" if data.classes is None else f"{len(data.classes)} classes"
         log(f"wrote {out / MANIFEST} ({c}x{h}x{w} images, {classes})")
+        if data.classes is None:  # the self-conditioned GAN makes its own classes; no classifier without labels
+            log(f"no classes: train the self-conditioned GAN, `distgan train --config configs/mnist_selfcond.yaml "
+                f"data.dir={out} eval.every=0`, and score it with `distgan eval --features inception`")
         return manifest
 
 

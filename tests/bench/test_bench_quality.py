@@ -34,6 +34,13 @@ def test_bench_quality_caps_the_run_and_scores_it(mnist_shards, eval_classifier,
     assert f"{'debug seed 3 final':<28} {final['step']:>6}" in proc.stdout
     assert "curve, seed 3" in proc.stdout
     assert result["time_to_goal"] == {}  # the debug config has no goals
+    diagnostic = result["diagnostic"]
+    assert [row["psi"] for row in diagnostic["truncation"]] == [1.0, 0.8, 0.6, 0.4]
+    assert diagnostic["truncation"][0]["fid"] == pytest.approx(final["scores"]["fid"])  # psi 1: the same samples
+    for hist in (diagnostic["confidence"]["samples"], diagnostic["confidence"]["real"]):
+        assert len(hist) == len(diagnostic["confidence"]["bins"]) - 1 and sum(hist) == pytest.approx(1)
+    assert diagnostic["confidence"]["real"][-1] > 0.5  # the classifier is sure of most real digits
+    assert "precision diagnostic, debug seed 3 final" in proc.stdout
 
 
 def test_goals_are_checked_per_shipped_config():

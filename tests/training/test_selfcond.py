@@ -220,3 +220,33 @@ def test_two_ranks_hold_the_same_clustering_and_it_does_not_depend_on_the_world_
     probe_main(tmp_path / "one", [f"run.dir={tmp_path / 'run1'}", *args])  # the same, in this one process
     one = json.loads((tmp_path / "one" / "rank_0.json").read_text())
     assert one["world_size"] == 1 and one["initial"] == reports[0]["initial"]  # same images, same initial D
+
+
+def test_a_folder_of_images_without_classes_trains_samples_and_exports(tmp_path, capsys):
+    """The unlabelled path end to end as the docs give it: a flat folder of PNGs, `prepare --image-folder` (which
+    names the self-conditioned config), `train --config configs/mnist_selfcond.yaml`, `sample`, `export`."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (_, digit) in enumerate(mnist_digits(12)):
+        Image.fromarray(digit).save(folder / f"img_{i:03d}.png")
+    assert cli_main(["prepare", "--image-folder", str(folder), "--out", str(tmp_path / "data")]) == 0
+    assert "configs/mnist_selfcond.yaml" in capsys.readouterr().out
+    assert dataset_info(tmp_path / "data").num_classes is None
+    run_dir = tmp_path / "run"
+    config = REPO / "configs" / "mnist_selfcond.yaml"
+    assert cli_main(["train", "--config", str(config), f"data.dir={tmp_path / 'data'}",
+                     f"run.dir={run_dir}", "eval.every=0", "wandb.mode=disabled", "log.progress=false",
+                     "train.steps=6", "train.batch_size=16", "model.g_width=8", "model.d_width=8", "model.clusters=4",
+                     "model.cluster_images=60", "model.recluster_every=3", "checkpoint.every=6"]) == 0
+    assert cli_main(["sample", "--checkpoint", str(run_dir), "--n", "8", "--labels", "2", "--seed", "5",
+                     "--out", str(tmp_path / "two.npz")]) == 0
+    with np.load(tmp_path / "two.npz") as npz:
+        assert npz["images"].shape == (8, 28, 28) and npz["clusters"].tolist() == [2] * 8
+    assert cli_main(["export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "export")]) == 0
+    exported, _ = load_generator(tmp_path / "export")
+    assert exported.clustered and exported.num_classes == 4
+    again = write_samples(tmp_path / "export", n=8, seed=5, out=tmp_path / "again.npz", labels="2")
+    with np.load(tmp_path / "two.npz") as npz:
+        assert np.array_equal(again, npz["images"])  # the export is the checkpoint's EMA G
