@@ -214,10 +214,8 @@ class StandardShard:
         self.data: bytes | None = None
         self._fd: int | None = None
         cache_key = (str(path), spec, frozenset(skip))
-        try:
+        with reading_shard(path, rerun="distgan prepare --webdataset"):  # missing or unreadable: one line
             st = path.stat()
-        except FileNotFoundError as e:
-            raise UserError(f"{path}: shard missing; rerun `distgan prepare --webdataset`") from e
         sig = (st.st_size, st.st_mtime_ns, st.st_ino)
         hit = _INDEXED.get(cache_key)
         if hit is not None and hit[0] == sig and len(hit[3]) == expected:

@@ -125,16 +125,15 @@ class GANStep:
                          _d_output_stat(self.loss.kind, real_logits), _d_output_stat(self.loss.kind, fake_logits),
                          None if r1 is None else r1.detach(), None if r2 is None else r2.detach())
 
-    def _r1_due(self, d_step: int, gamma: float | None = None) -> bool:
-        """Whether lazy R1 (or, with `gamma` = r2_gamma, R2) runs at D step `d_step`."""
-        gamma = self.loss.r1_gamma if gamma is None else gamma
+    def _penalty_due(self, d_step: int, gamma: float) -> bool:
+        """Whether a lazy gradient penalty of weight `gamma` (R1's or R2's) runs at D step `d_step`."""
         return gamma > 0 and d_step % self.loss.r1_every == 0
 
     def _d_step(self, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator, want_norm: bool, *,
                 real_labels: torch.Tensor | None = None, fake_labels: torch.Tensor | None = None,
                 aug_gen: torch.Generator | None = None, d_step: int = 1):
         n = real.shape[0]
-        r1_due, r2_due = self._r1_due(d_step), self._r1_due(d_step, self.loss.r2_gamma)
+        r1_due, r2_due = (self._penalty_due(d_step, gamma) for gamma in (self.loss.r1_gamma, self.loss.r2_gamma))
         if r1_due:
             real = real.detach().requires_grad_(True)
         if r2_due:
