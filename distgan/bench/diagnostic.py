@@ -10,6 +10,10 @@ Two views of one checkpoint's EMA G, with the dataset's feature classifier:
   to that of the real test images. Mass at low confidence on samples and not on reals is the share of
   samples the classifier cannot place in any class: the in-between images of a G without a discrete latent.
 
+- **Cluster purity** (a self-conditioned G on labelled data): how well its clusters match the true classes,
+  which training never reads: the share of the clustering set in its cluster's majority class, and how many
+  clusters each class leads. A class that leads no cluster is a class G can only draw mixed with another.
+
 The samples are those of the evaluation (noise rows of `fixed_noise(n, z_dim, seed)`; a conditional G's
 labels in the training class frequencies, a self-conditioned G's clusters in theirs, never scored as classes).
 """
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from distgan.data.info import dataset_info
 from distgan.evaluation.classifier import embed_images
 from distgan.evaluation.evaluate import evaluate_images, load_classifier, real_features
 from distgan.evaluation.report import resolve_paths
@@ -34,7 +39,10 @@ from distgan.generator.sampling import (
     is_clustered,
     num_classes_of,
 )
+from distgan.run.resume import saved_config
+from distgan.training.selfcond import SEED_SALT, read_cluster_images
 
+CLUSTER_STATE = "custom_checkpoint_0.pkl"  # accelerate's file for SelfConditioning, the one registered object
 TRUNCATIONS = (1.0, 0.8, 0.6, 0.4)
 CONFIDENCE_BINS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0)  # top softmax probability; the last bin holds 1.0
 
@@ -48,6 +56,30 @@ def confidence_histogram(logits: torch.Tensor, bins: Sequence[float] = CONFIDENC
     return (counts / counts.sum().clamp(min=1)).tolist()
 
 
+def purity(assignments: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """{"purity": share of items in their cluster's majority class, "clusters_led": clusters per class (K,)}
+    for cluster ids `assignments` (N,) and true class ids `labels` (N,) in 0..num_classes-1."""
+    k = int(assignments.max()) + 1 if len(assignments) else 0
+    counts = torch.zeros(k, num_classes, dtype=torch.long)
+    counts.index_put_((assignments.long(), labels.long()), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+    led = counts.argmax(dim=1)[counts.sum(dim=1) > 0]
+    return {"purity": counts.max(dim=1).values.sum().item() / max(len(labels), 1),
+            "clusters_led": torch.bincount(led, minlength=num_classes).tolist()}
+
+
+def cluster_purity(checkpoint: str | Path, train_split: str | Path) -> dict[str, Any] | None:
+    """Purity of a self-conditioned checkpoint's last clustering against the train split's labels; None for
+    another model or unlabelled data."""
+    cfg = saved_config(Path(checkpoint))
+    num_classes = dataset_info(Path(train_split).parent).num_classes
+    if cfg.model.conditional != "clusters" or not num_classes:
+        return None
+    state = torch.load(Path(checkpoint) / CLUSTER_STATE, map_location="cpu", weights_only=True)
+    assignments = state["assignments"]
+    labels = read_cluster_images(Path(train_split), len(assignments), cfg.seed ^ SEED_SALT, key="label")
+    return {"step": int(state["clustered_at"]), **purity(assignments, labels, num_classes)}
+
+
 def _chw(images: torch.Tensor) -> torch.Tensor:
     """generate_images' (N, H, W) or (N, H, W, C) as the classifier's (N, H, W) or (N, C, H, W)."""
     return images.permute(0, 3, 1, 2).contiguous() if images.dim() == 4 else images
@@ -57,7 +89,8 @@ def precision_diagnostic(accelerator: Any, checkpoint: str | Path, *, shards: st
                          classifier: str | Path | None = None, n: int = 10000, seed: int = 0,
                          truncations: Sequence[float] = TRUNCATIONS) -> dict[str, Any]:
     """Collective: {"truncation": [{psi, fid, precision, recall, is}], "confidence": {"bins", "samples",
-    "real"}} for the EMA G of `checkpoint` (n samples from `seed`), scored against the real test split."""
+    "real"}, "clusters": cluster_purity or None} for the EMA G of `checkpoint` (a checkpoint directory; n
+    samples from `seed`), scored against the real test split."""
     classifier_path, test_split = resolve_paths(shards, classifier)
     clf = load_classifier(classifier_path)
     g, _ = load_generator(checkpoint, accelerator.device)
@@ -76,13 +109,15 @@ def precision_diagnostic(accelerator: Any, checkpoint: str | Path, *, shards: st
         untruncated = _chw(generate_images(g, noise, labels))
     _, fake_logits = embed_images(clf.model, untruncated)
     real_logits = real_features(clf, test_split).logits
+    train = Path(str(shards)) / "train"
     return {"n": n, "truncation": rows, "confidence": {"bins": list(CONFIDENCE_BINS),
                                                        "samples": confidence_histogram(fake_logits),
-                                                       "real": confidence_histogram(real_logits)}}
+                                                       "real": confidence_histogram(real_logits)},
+            "clusters": cluster_purity(checkpoint, train) if train.is_dir() else None}  # a local split
 
 
 def format_diagnostic(label: str, result: dict[str, Any]) -> list[str]:
-    """The diagnostic as printed lines: the truncation table, then the confidence histogram."""
+    """The diagnostic as printed lines: the truncation table, the confidence histogram, the cluster purity."""
     lines = [f"precision diagnostic, {label} (n={result['n']}): truncation psi (z -> psi * z)",
              f"{'psi':>6} {'FID':>9} {'P':>9} {'R':>9} {'score':>9}"]
     for row in result["truncation"]:
@@ -94,4 +129,8 @@ def format_diagnostic(label: str, result: dict[str, Any]) -> list[str]:
     for i, (fake, real) in enumerate(zip(conf["samples"], conf["real"], strict=True)):
         close = "]" if i == len(edges) - 2 else ")"
         lines.append(f"  [{edges[i]:.2f}, {edges[i + 1]:.2f}{close} {fake:>8.3f} {real:>8.3f}")
+    clusters = result.get("clusters")
+    if clusters:
+        lines.append(f"clusters (step {clusters['step']}) against the true classes: purity {clusters['purity']:.3f}; "
+                     f"clusters led by each class: {clusters['clusters_led']}")
     return lines

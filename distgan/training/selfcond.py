@@ -45,15 +45,16 @@ FEATURE_BATCH = 500  # images per D forward when computing the clustering set's 
 SEED_SALT = 0x5E1FC0  # the clustering set's shuffle and k-means seeds differ from the training stream's
 
 
-def read_cluster_images(train_split: Path, n: int, seed: int) -> torch.Tensor:
+def read_cluster_images(train_split: Path, n: int, seed: int, key: str = "image") -> torch.Tensor:
     """The first `n` uint8 images (N, C, H, W) of a shuffle of the train split seeded by `seed` (one reader,
-    whatever the world size; fewer when the split is smaller). Labels, if the data has any, are not read."""
+    whatever the world size; fewer when the split is smaller). Labels, if the data has any, are not read for
+    training; `key="label"` gives those of the same images (-1 where unlabelled), for diagnostics only."""
     total = samples_per_epoch(train_split)
     batch = max(1, min(FEATURE_BATCH, n, total))
     loader = build_loader(train_split, batch_size=batch, rank=0, world_size=1, num_workers=0, seed=seed, epoch=0)
     parts, have = [], 0
     for b in loader:
-        parts.append(torch.as_tensor(b["image"]))
+        parts.append(torch.as_tensor(b[key]))
         have += len(parts[-1])
         if have >= n:
             break
@@ -150,4 +151,4 @@ class SelfConditioning:
         self._set(state["centroids"], state["assignments"], state["clustered_at"])
 
 
-__all__ = ["SelfConditioning", "read_cluster_images"]
+__all__ = ["SEED_SALT", "SelfConditioning", "read_cluster_images"]
