@@ -66,7 +66,7 @@ def test_config_errors_are_one_line(overrides, message):
 
 def test_a_clusters_config_loads():
     cfg = load_config(REPO / "configs" / "mnist_selfcond.yaml")
-    assert (cfg.model.conditional, cfg.model.clusters, cfg.model.num_classes) == ("clusters", 10, None)
+    assert (cfg.model.conditional, cfg.model.clusters, cfg.model.num_classes) == ("clusters", 50, None)
     assert load_config(None, ["model.conditional=true"]).model.conditional is True
 
 
