@@ -1,6 +1,6 @@
 """The precision diagnostic of `distgan bench quality`: why a generator's precision is low.
 
-Two views of one checkpoint's EMA G, with the dataset's feature classifier:
+Views of one checkpoint's EMA G, with the dataset's feature classifier:
 
 - **Truncation sweep**: FID, precision and recall of n samples whose noise is scaled by psi (z -> psi * z,
   psi = 1 is the untruncated G). Precision that rises quickly as psi shrinks while recall falls means the
@@ -9,7 +9,6 @@ Two views of one checkpoint's EMA G, with the dataset's feature classifier:
 - **Classifier confidence**: the histogram of the classifier's top softmax probability on the samples, next
   to that of the real test images. Mass at low confidence on samples and not on reals is the share of
   samples the classifier cannot place in any class: the in-between images of a G without a discrete latent.
-
 - **Cluster purity** (a self-conditioned G on labelled data): how well its clusters match the true classes,
   which training never reads: the share of the clustering set in its cluster's majority class, and how many
   clusters each class leads. A class that leads no cluster is a class G can only draw mixed with another.
