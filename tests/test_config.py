@@ -113,7 +113,8 @@ def test_errors_are_one_line_and_say_what_is_allowed():
         return str(e.value)
 
     assert error("train.stepz=5") == ("unknown config key 'train.stepz' (known keys here: batch_size, betas, "
-                                      "d_steps, lr_d, lr_g, nan_patience, steps); did you mean 'train.steps'?")
+                                      "channels_last, d_steps, lr_d, lr_g, nan_patience, steps); did you mean "
+                                      "'train.steps'?")
     assert error("model.g_hidden=[3000000000]") == \
         "config key 'model.g_hidden[0]': must be at most 16384, got 3000000000"
     assert error("train.lr_d=.inf") == "config key 'train.lr_d': must be a finite number, got inf"

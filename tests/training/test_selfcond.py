@@ -239,7 +239,8 @@ def test_a_folder_of_images_without_classes_trains_samples_and_exports(tmp_path,
     assert cli_main(["train", "--config", str(config), f"data.dir={tmp_path / 'data'}",
                      f"run.dir={run_dir}", "eval.every=0", "wandb.mode=disabled", "log.progress=false",
                      "train.steps=6", "train.batch_size=16", "model.g_width=8", "model.d_width=8", "model.clusters=4",
-                     "model.cluster_images=60", "model.recluster_every=3", "checkpoint.every=6"]) == 0
+                     "model.cluster_images=60", "model.recluster_every=3", "checkpoint.every=6",
+                     "mixed_precision=no"]) == 0  # in-process: this worker's accelerator state is fp32
     assert cli_main(["sample", "--checkpoint", str(run_dir), "--n", "8", "--labels", "2", "--seed", "5",
                      "--out", str(tmp_path / "two.npz")]) == 0
     with np.load(tmp_path / "two.npz") as npz:
